@@ -1,0 +1,276 @@
+"""Flow matching: CFM / rectified flow, VP and cosine paths, minibatch OT,
+stochastic interpolants and contrastive flow matching.
+
+  config.method = dict(name='flow_matching', path='linear', coupling='ot', ...)
+  method = FlowMatching(config, data_spec)
+  state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
+  x = method.sample(state, rng, 2000, sampler='heun', steps=20)
+
+Conventions (ALGORITHMS.md §0, §2): t = 0 is noise x0 ~ N(0, I), t = 1 is data x1.
+Every path is an interpolant x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z:
+  linear  alpha = 1 - (1 - sigma_min) t, beta = t   (CFM, Lipman et al.; sigma_min = 0
+          is rectified flow, Liu et al.)
+  vp      alpha = sqrt(1 - a(1-t)^2), beta = a(1-t), a(s) = exp(-T(s)/2),
+          T(s) = s beta_min + s^2 (beta_max - beta_min)/2  (Lipman et al.'s VP path)
+  cosine  alpha = cos(pi t / 2), beta = sin(pi t / 2)   (variance preserving, a^2+b^2=1)
+gamma: 'none', 'sqrt' (sqrt(g t(1-t)), Albergo et al.) or 'quadratic' (g t(1-t)).
+The network predicts the velocity b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t]
+(squared-error loss, whose minimizer is that conditional mean); with
+`denoiser_head` it also predicts eta(t, x) = E[z | x_t], and score = -eta / gamma.
+
+coupling='ot' pairs x0 and x1 by an exact assignment minimizing the squared distance
+over the batch (Tong et al.'s OT-CFM with the Hungarian solution of the batch plan).
+contrastive_weight = lambda > 0 adds -lambda ||v - u~||^2 with u~ the target of another
+batch element (Stoica et al.'s ΔFM); negatives='other_class' draws it from other classes.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from gensuite import nets, samplers
+from gensuite.errors import ConfigError, lookup
+from gensuite.train import optim
+from gensuite.train.state import TrainState, apply_gradients
+
+
+def _vp_signal(s, beta_min=0.1, beta_max=20.0):
+  return jnp.exp(-0.5 * (s * beta_min + 0.5 * s**2 * (beta_max - beta_min)))
+
+
+def _linear(sigma_min):
+  return (lambda t: 1.0 - (1.0 - sigma_min) * t), (lambda t: t)
+
+
+def _vp(sigma_min):
+  del sigma_min
+  return (lambda t: jnp.sqrt(1.0 - _vp_signal(1.0 - t)**2)), (lambda t: _vp_signal(1.0 - t))
+
+
+def _cosine(sigma_min):
+  del sigma_min
+  return (lambda t: jnp.cos(0.5 * math.pi * t)), (lambda t: jnp.sin(0.5 * math.pi * t))
+
+
+PATHS = {'linear': _linear, 'vp': _vp, 'cosine': _cosine}
+GAMMAS = {
+    'none': lambda g: (lambda t: jnp.zeros_like(t)),
+    'sqrt': lambda g: (lambda t: jnp.sqrt(g * t * (1.0 - t))),
+    'quadratic': lambda g: (lambda t: g * t * (1.0 - t)),
+}
+COUPLINGS = ('independent', 'ot')
+NEGATIVES = ('any', 'other_class')
+TIME_SAMPLING = ('uniform', 'logit_normal')
+
+
+def _value_and_derivative(fn, t):
+  """fn(t) and dfn/dt for a batch of scalar times (fn acts elementwise)."""
+  return jax.jvp(fn, (t,), (jnp.ones_like(t),))
+
+
+def ot_assignment(x0: jax.Array, x1: jax.Array) -> jax.Array:
+  """perm with x1[perm] the exact squared-distance assignment to x0 (batch OT plan).
+
+  The uniform-marginal OT plan between two equal-size point clouds is a permutation
+  (Birkhoff), so the Hungarian solution is the exact minibatch plan.
+  """
+  a = x0.reshape(x0.shape[0], -1)
+  b = x1.reshape(x1.shape[0], -1)
+  cost = (jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T)
+
+  def solve(c):
+    rows, cols = scipy.optimize.linear_sum_assignment(np.asarray(c, np.float64))
+    perm = np.empty(len(rows), np.int32)
+    perm[rows] = cols
+    return perm
+
+  return jax.pure_callback(solve, jax.ShapeDtypeStruct((x0.shape[0],), jnp.int32), cost,
+                           vmap_method='sequential')
+
+
+def _broadcast_t(t, x):
+  return t.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+class FlowMatching:
+  """The flow-matching family (see module docstring)."""
+
+  def __init__(self, config, data_spec):
+    mc = config.method
+    self.config = config
+    self.spec = data_spec
+    self.data_shape = tuple(data_spec.shape)
+    self.alpha, self.beta = lookup('flow path', mc.get('path', 'linear'), PATHS)(
+        float(mc.get('sigma_min', 0.0)))
+    self.gamma_kind = mc.get('gamma', 'none')
+    self.gamma = lookup('interpolant gamma', self.gamma_kind, GAMMAS)(
+        float(mc.get('gamma_scale', 1.0)))
+    self.coupling = mc.get('coupling', 'independent')
+    if self.coupling not in COUPLINGS:
+      raise ConfigError(f'unknown method.coupling {self.coupling!r}; allowed: '
+                        + ', '.join(COUPLINGS))
+    self.denoiser_head = bool(mc.get('denoiser_head', False))
+    if self.denoiser_head and self.gamma_kind == 'none':
+      raise ConfigError("method.denoiser_head needs a stochastic interpolant: set "
+                        "method.gamma to 'sqrt' or 'quadratic'")
+    self.contrastive_weight = float(mc.get('contrastive_weight', 0.0))
+    if not 0.0 <= self.contrastive_weight < 1.0:
+      raise ConfigError('method.contrastive_weight must be in [0, 1), got '
+                        f'{self.contrastive_weight}')
+    self.negatives = mc.get('negatives', 'any')
+    if self.negatives not in NEGATIVES:
+      raise ConfigError(f'unknown method.negatives {self.negatives!r}; allowed: '
+                        + ', '.join(NEGATIVES))
+    self.time_sampling = mc.get('time_sampling', 'uniform')
+    if self.time_sampling not in TIME_SAMPLING:
+      raise ConfigError(f'unknown method.time_sampling {self.time_sampling!r}; allowed: '
+                        + ', '.join(TIME_SAMPLING))
+    default_eps = 1e-3 if self.gamma_kind == 'sqrt' else 0.0
+    self.t_eps = float(mc.get('t_eps', default_eps))
+    self.conditional = bool(mc.get('class_conditional', False))
+    if self.conditional and not data_spec.num_classes:
+      raise ConfigError(f'method.class_conditional needs labelled data; '
+                        f'data {data_spec.name!r} has no classes')
+    if self.negatives == 'other_class' and not data_spec.num_classes:
+      raise ConfigError("method.negatives='other_class' needs labelled data")
+    self.label_dropout = float(mc.get('label_dropout', 0.0))
+    num_classes = data_spec.num_classes if self.conditional else None
+    out = self.data_shape[-1] * (2 if self.denoiser_head else 1)
+    self.net = nets.build(config.net, data_shape=self.data_shape, out_dim_or_channels=out,
+                          num_classes=num_classes)
+    num_steps = int(config.train.num_steps)
+    self.lr_schedule = optim.schedule(config.optim, num_steps)
+    self.tx = optim.build(config.optim, num_steps)
+    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
+    samplers.check_name(config.sampler.name)
+
+  # ---- pieces ------------------------------------------------------------------
+
+  def _apply(self, params, x, t, label=None, train=False, rngs=None):
+    out = self.net.apply({'params': params}, x, t, label=label, train=train,
+                         rngs=rngs or {})
+    if self.denoiser_head:
+      c = self.data_shape[-1]
+      return out[..., :c], out[..., c:]
+    return out, None
+
+  def _sample_t(self, rng, n):
+    if self.time_sampling == 'logit_normal':
+      t = jax.nn.sigmoid(jax.random.normal(rng, (n,)))
+    else:
+      t = jax.random.uniform(rng, (n,))
+    return self.t_eps + (1.0 - 2.0 * self.t_eps) * t
+
+  def interpolate(self, t, x0, x1, z):
+    """x_t and the velocity target alpha' x0 + beta' x1 + gamma' z."""
+    a, da = _value_and_derivative(self.alpha, t)
+    b, db = _value_and_derivative(self.beta, t)
+    g, dg = _value_and_derivative(self.gamma, t)
+    bt = lambda v: _broadcast_t(v, x0)
+    xt = bt(a) * x0 + bt(b) * x1 + bt(g) * z
+    u = bt(da) * x0 + bt(db) * x1 + bt(dg) * z
+    return xt, u
+
+  def _negatives(self, rng, u, label):
+    n = u.shape[0]
+    if self.negatives == 'other_class':
+      mask = label[:, None] != label[None, :]
+      mask = jnp.where(mask.any(1, keepdims=True), mask, ~jnp.eye(n, dtype=bool))
+      j = jax.random.categorical(rng, jnp.where(mask, 0.0, -jnp.inf), axis=1)
+    else:  # uniformly among the other indices
+      j = (jnp.arange(n) + jax.random.randint(rng, (n,), 1, n)) % n
+    return u[j]
+
+  def loss(self, params, batch, rng, train=True):
+    x1 = batch['x']
+    label = batch.get('label')
+    n = x1.shape[0]
+    k_x0, k_t, k_z, k_neg, k_drop, k_net = jax.random.split(rng, 6)
+    x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
+    if self.coupling == 'ot':
+      perm = ot_assignment(x0, x1)
+      x1 = x1[perm]
+      label = None if label is None else label[perm]
+    t = self._sample_t(k_t, n)
+    z = jax.random.normal(k_z, x1.shape, x1.dtype)
+    xt, u = self.interpolate(t, x0, x1, z)
+    net_label = None
+    if self.conditional:
+      net_label = label
+      if self.label_dropout > 0:
+        drop = jax.random.bernoulli(k_drop, self.label_dropout, (n,))
+        net_label = jnp.where(drop, self.spec.num_classes, label)
+    v, eta = self._apply(params, xt, t, net_label, train=train, rngs={'dropout': k_net})
+    axes = tuple(range(1, x1.ndim))
+    fm = jnp.mean((v - u)**2, axis=axes)
+    metrics = {'fm_loss': jnp.mean(fm)}
+    loss = fm
+    if self.contrastive_weight > 0:
+      neg = jnp.mean((v - self._negatives(k_neg, u, label))**2, axis=axes)
+      loss = loss - self.contrastive_weight * neg
+      metrics['contrastive_term'] = jnp.mean(neg)
+    if eta is not None:
+      den = jnp.mean((eta - z)**2, axis=axes)
+      loss = loss + den
+      metrics['denoiser_loss'] = jnp.mean(den)
+    loss = jnp.mean(loss)
+    metrics['loss'] = loss
+    return loss, metrics
+
+  # ---- the Method interface ----------------------------------------------------
+
+  def init(self, rng, batch) -> TrainState:
+    x = batch['x']
+    label = batch.get('label') if self.conditional else None
+    t = jnp.zeros((x.shape[0],), x.dtype)
+    params = self.net.init({'params': rng, 'dropout': rng}, x, t, label=label)['params']
+    return TrainState.create(params, self.tx, self.ema_decays)
+
+  def train_step(self, state, batch, rng):
+    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
+    state, norms = apply_gradients(state, grads, self.tx)
+    return state, {**metrics, **norms}
+
+  def velocity_fn(self, params, label=None, cfg_scale: float = 1.0):
+    """v(x, t) with scalar t, for the samplers."""
+    def velocity(x, t):
+      tb = jnp.full((x.shape[0],), t, x.dtype)
+      v, _ = self._apply(params, x, tb, label)
+      if self.conditional and cfg_scale != 1.0:
+        null = jnp.full_like(label, self.spec.num_classes)
+        v0, _ = self._apply(params, x, tb, null)
+        v = v0 + cfg_scale * (v - v0)
+      return v
+    return velocity
+
+  def score_fn(self, params, label=None):
+    """score(x, t) = -eta / gamma (denoiser head) or from the velocity (gamma = 0)."""
+    def score(x, t):
+      tb = jnp.full((x.shape[0],), t, x.dtype)
+      v, eta = self._apply(params, x, tb, label)
+      if eta is not None:
+        return -eta / self.gamma(t)
+      a, da = _value_and_derivative(self.alpha, t)
+      b, db = _value_and_derivative(self.beta, t)
+      # One-sided Gaussian interpolant (ALGORITHMS.md §2.4): eta from b, s = -eta/alpha.
+      eta = (b * v - db * x) / (da * b - a * db)
+      return -eta / a
+    return score
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
+             return_trajectory: bool = False):
+    """num samples by integrating dx/dt = v(x, t) from t=0 (noise) to t=1."""
+    sampler = sampler or self.config.sampler.name
+    steps = int(steps or self.config.sampler.steps)
+    params = state.eval_params(use_ema)
+    k_x, k_y = jax.random.split(rng)
+    x0 = jax.random.normal(k_x, (num,) + self.data_shape)
+    if self.conditional and label is None:
+      label = jax.random.randint(k_y, (num,), 0, self.spec.num_classes)
+    fn = self.velocity_fn(params, label if self.conditional else None, cfg_scale)
+    return samplers.solve_ode(sampler, fn, x0, 0.0, 1.0, steps,
+                              return_trajectory=return_trajectory)

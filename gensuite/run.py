@@ -1,0 +1,55 @@
+"""A finished (or running) run, loaded back for notebooks and scripts.
+
+  run = gensuite.load_run('runs/toy2d')
+  run.config, run.step, run.state
+  x = run.sample(jax.random.PRNGKey(0), 1000, sampler='heun', steps=20)  # numpy
+
+Samples with the EMA params by default (`use_ema=False` for the raw ones).
+"""
+import os
+
+import jax
+import numpy as np
+
+from gensuite import config as config_lib
+from gensuite.errors import ConfigError
+from gensuite.train import checkpoint as ckpt_lib
+from gensuite.train import loop
+
+
+class Run:
+
+  def __init__(self, workdir: str, step: int | None = None):
+    self.workdir = workdir
+    self.config = config_lib.load(workdir)
+    self.experiment = loop.build_experiment(self.config)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    try:
+      steps = ckpt.all_steps()
+      if not steps:
+        raise ConfigError(f'no checkpoint in {workdir}/checkpoints yet')
+      if step is None:
+        step = max(steps)
+      elif step not in steps:
+        raise ConfigError(f'no checkpoint for step {step} in {workdir}; have {sorted(steps)}')
+      self.state = ckpt.restore(step, self.experiment.abstract_state())
+    finally:
+      ckpt.close()
+    self.step = step
+
+  @property
+  def method(self):
+    return self.experiment.method
+
+  def sample(self, rng, num: int, sampler: str | None = None, steps: int | None = None,
+             use_ema=True, **kw) -> np.ndarray:
+    kw = dict(kw, sampler=sampler or self.config.sampler.name,
+              steps=int(steps or self.config.sampler.steps), use_ema=use_ema)
+    return self.experiment.sample(self.state, rng, num, **kw)
+
+  def evaluate(self, **sample_kw) -> dict[str, float]:
+    return loop.evaluate(self.experiment, self.state, self.step, **sample_kw)
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  return Run(workdir, step)

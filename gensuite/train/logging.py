@@ -1,0 +1,140 @@
+"""Metrics for people (TensorBoard) and for tools (metrics.jsonl).
+
+  writer = MetricWriter(workdir)                     # only process 0 writes
+  writer.write_scalars(step, {'loss': 0.1})          # TB scalars + one jsonl line
+  writer.write_image(step, 'samples', image_grid(x)) # uint8 [H, W, C]
+  writer.write_image(step, 'samples', scatter_plot(samples, reference))
+
+metrics.jsonl holds one JSON object per write: {"step": N, "name": value, ...}.
+On resume, `truncate_after(step)` drops lines past the restored checkpoint, so the
+file never holds two values for the same step.
+"""
+import json
+import math
+import os
+
+import jax
+import numpy as np
+
+_JSONL = 'metrics.jsonl'
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, enabled: bool | None = None):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  @property
+  def jsonl_path(self) -> str:
+    return os.path.join(self.workdir, _JSONL)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    clean = {}
+    for k, v in scalars.items():
+      v = float(v)
+      clean[k] = v if math.isfinite(v) else str(v)  # JSON has no NaN/inf literals
+      self._tb.add_scalar(k, v, step)
+    with open(self.jsonl_path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **clean}) + '\n')
+
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    if self.enabled:
+      self._tb.add_image(name, np.asarray(image), step, dataformats='HWC')
+
+  def write_hparams(self, hparams: dict, metrics: dict) -> None:
+    if self.enabled:
+      self._tb.add_hparams(hparams, metrics, run_name='.')
+
+  def truncate_after(self, step: int) -> None:
+    """Drops jsonl lines with a step beyond `step` (written after the last checkpoint)."""
+    if not self.enabled or not os.path.exists(self.jsonl_path):
+      return
+    with open(self.jsonl_path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line)['step'] <= step:
+          keep.append(line)
+      except (ValueError, KeyError):
+        pass  # a line cut short by a crash
+    if len(keep) != len(lines):
+      tmp = self.jsonl_path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(keep)
+      os.replace(tmp, self.jsonl_path)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, _JSONL)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def image_grid(x: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+  """Images in [-1, 1], [N, H, W, C] -> one uint8 [rows*(H+pad), cols*(W+pad), C] grid."""
+  x = np.clip((np.asarray(x, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+  n, h, w, c = x.shape
+  ncols = ncols or int(math.ceil(math.sqrt(n)))
+  nrows = int(math.ceil(n / ncols))
+  grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.uint8)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+  if c == 1:
+    grid = np.repeat(grid, 3, axis=-1)
+  return grid
+
+
+def scatter_plot(samples: np.ndarray, reference: np.ndarray | None = None,
+                 title: str = '', size: float = 4.0) -> np.ndarray:
+  """2-D samples (and reference data) as a uint8 [H, W, 3] scatter plot."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(size, size), dpi=80)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot(111)
+  if reference is not None:
+    ax.scatter(reference[:, 0], reference[:, 1], s=1, c='tab:gray', alpha=0.4, label='data')
+  ax.scatter(samples[:, 0], samples[:, 1], s=1, c='tab:blue', alpha=0.6, label='samples')
+  pts = samples if reference is None else np.concatenate([samples, reference])
+  pts = pts[np.all(np.isfinite(pts), axis=1)]
+  if len(pts):
+    lo, hi = np.percentile(pts, [0.5, 99.5], axis=0)
+    span = (hi - lo).max() * 0.6 + 1e-3
+    mid = (hi + lo) / 2
+    ax.set_xlim(mid[0] - span, mid[0] + span)
+    ax.set_ylim(mid[1] - span, mid[1] + span)
+  ax.set_aspect('equal')
+  ax.legend(loc='upper right', markerscale=6, fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.asarray(image, np.uint8)).save(path)

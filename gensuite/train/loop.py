@@ -1,0 +1,263 @@
+"""The one training loop, shared by every family.
+
+  state = gensuite.train.run(config, workdir)         # trains, resumes if workdir has a run
+  exp = build_experiment(config)                      # mesh, data, method, jitted step
+  state = exp.init_state(); state, acc = exp.train_step(state, acc, exp.global_batch(0))
+
+The loop builds a 1-D mesh over every device of every host, splits each batch over
+it, replicates the state, and jits the method's pure `train_step` with explicit
+shardings and a donated state. rng = fold_in(key(seed), step), and batches are a
+function of (seed, step), so a resumed run retraces the uninterrupted one exactly.
+"""
+import concurrent.futures
+import dataclasses
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gensuite import config as config_lib
+from gensuite import data as data_lib
+from gensuite import methods
+from gensuite import metrics as metrics_lib
+from gensuite.errors import ConfigError
+from gensuite.train import checkpoint as ckpt_lib
+from gensuite.train import logging as log_lib
+from gensuite.train import parallel
+
+_INIT_TAG, _TRAIN_TAG, _EVAL_TAG = 1, 2, 3
+# Tests set this to SIGKILL the process right after a given step.
+_KILL_AT_STEP = os.environ.get('GENSUITE_FAULT_KILL_AT_STEP')
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs except its state: built once, validated before any compile."""
+  config: Any
+  mesh: Any
+  data: Any
+  method: Any
+
+  def __post_init__(self):
+    self.repl = parallel.replicated(self.mesh)
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    key = jax.random.PRNGKey(self.config.seed)
+    self.init_rng = jax.random.fold_in(key, _INIT_TAG)
+    self.train_rng = jax.random.fold_in(key, _TRAIN_TAG)
+    self.eval_rng = jax.random.fold_in(key, _EVAL_TAG)
+    self._init = jax.jit(self.method.init, out_shardings=self.repl)
+    self.train_step = jax.jit(self._step_and_accumulate, donate_argnums=(0, 1),
+                              out_shardings=(self.repl, self.repl))
+    self.bare_step = jax.jit(self._bare_step, donate_argnums=(0,),
+                             out_shardings=(self.repl, self.repl))
+    self._samplers = {}
+
+  def global_batch(self, step: int):
+    return parallel.to_global(self.data.batch(step), self.batch_sharding)
+
+  def init_state(self):
+    return self._init(self.init_rng, self.global_batch(0))
+
+  def abstract_state(self):
+    shapes = jax.eval_shape(self.method.init, self.init_rng, self.data.batch(0))
+    return ckpt_lib.abstract(shapes, self.repl)
+
+  def _bare_step(self, state, batch):
+    rng = jax.random.fold_in(self.train_rng, state.step)
+    return self.method.train_step(state, batch, rng)
+
+  def _step_and_accumulate(self, state, acc, batch):
+    """One step; adds its scalars to running sums so logging never waits on a step."""
+    state, metrics = self._bare_step(state, batch)
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    if acc is None:
+      return state, {'count': jnp.ones(()), **metrics}
+    return state, {'count': acc['count'] + 1, **{k: acc[k] + v for k, v in metrics.items()}}
+
+  def empty_accumulator(self, state):
+    shapes = jax.eval_shape(self._step_and_accumulate, state, None, self.data.batch(0))[1]
+    return jax.tree.map(lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), self.repl),
+                        shapes)
+
+  def sample(self, state, rng, num: int, **kw) -> np.ndarray:
+    """num samples on the host, drawn with the batch split over all devices."""
+    padded = int(math.ceil(num / self.mesh.size) * self.mesh.size)
+    key = (padded, tuple(sorted(kw.items())))
+    if key not in self._samplers:
+      fn = lambda s, r: self.method.sample(s, r, padded, **kw)
+      self._samplers[key] = jax.jit(fn, out_shardings=self.batch_sharding)
+    return parallel.to_host(self._samplers[key](state, rng))[:num]
+
+
+def build_experiment(config) -> Experiment:
+  """Validates the config and builds mesh, data and method (nothing is compiled yet)."""
+  config_lib.validate(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  data = data_lib.build(config.data, seed=config.seed,
+                        global_batch_size=config.train.batch_size,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+  method = methods.build(config, data.spec)
+  return Experiment(config=config, mesh=mesh, data=data, method=method)
+
+
+def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | None = None,
+             workdir: str | None = None, **sample_kw) -> dict[str, float]:
+  """Samples with the configured sampler, computes the eval metrics, logs them."""
+  ec = exp.config.eval
+  k_sample, k_ref, k_metric = jax.random.split(exp.eval_rng, 3)
+  kw = dict(sampler=exp.config.sampler.name, steps=exp.config.sampler.steps,
+            use_ema=ec.get('use_ema', True))
+  kw.update({k: v for k, v in sample_kw.items() if v is not None})
+  t0 = time.time()
+  samples = exp.sample(state, k_sample, ec.num_samples, **kw)
+  sample_time = time.time() - t0
+  reference = exp.data.reference(k_ref, ec.num_samples)
+  results = metrics_lib.evaluate(tuple(ec.metrics), k_metric, samples, reference,
+                                 log_prob=exp.data.log_prob)
+  results = {f'eval/{k}': float(v) for k, v in results.items()}
+  results['eval/sample_seconds'] = sample_time
+  if writer is not None:
+    writer.write_scalars(step, results)
+    if exp.config.train.get('log_images', True):
+      image = _picture(exp, samples, reference, step)
+      if image is not None:
+        writer.write_image(step, 'samples', image)
+        if workdir and jax.process_index() == 0:
+          os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+          log_lib.save_png(os.path.join(workdir, 'samples', f'step_{step:08d}.png'), image)
+  return results
+
+
+def _picture(exp, samples, reference, step):
+  if exp.data.spec.kind == 'image':
+    return log_lib.image_grid(samples[:64])
+  if samples.shape[-1] >= 2:
+    return log_lib.scatter_plot(samples[:, :2], reference[:, :2], title=f'step {step}')
+  return None
+
+
+class _Preemption:
+  """Turns SIGTERM into a checkpoint at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+def run(config, workdir: str, *, multihost: bool = False):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state."""
+  parallel.maybe_initialize_distributed(multihost)
+  exp = build_experiment(config)
+  resuming = config_lib.check_resume(workdir, config)
+  tc = config.train
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0 and not resuming:
+    config_lib.write(workdir, config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                               keep=tc.get('keep_checkpoints', 3))
+  writer = log_lib.MetricWriter(workdir)
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state = ckpt.restore(latest, exp.abstract_state())
+      logging.info('resumed from %s/checkpoints/%d', workdir, latest)
+    else:
+      state = exp.init_state()
+    start = int(jax.device_get(state.step))
+    writer.truncate_after(start)
+    state = _train(exp, state, start, workdir, ckpt, writer)
+  finally:
+    writer.close()
+    ckpt.close()
+  return state
+
+
+def _train(exp, state, start, workdir, ckpt, writer):
+  tc = exp.config.train
+  num_steps = tc.num_steps
+  if start >= num_steps:
+    logging.info('run in %s is complete (step %d)', workdir, start)
+    done = [r for r in log_lib.read_jsonl(workdir) if r['step'] == start and
+            any(k.startswith('eval/') for k in r)]
+    if tc.eval_every and not done:
+      evaluate(exp, state, start, writer, workdir)
+    return state
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  future = pool.submit(exp.global_batch, start)
+  acc = exp.empty_accumulator(state)
+  last_time, last_step = time.time(), start
+  with _Preemption() as preempt:
+    for step in range(start, num_steps):
+      batch = future.result()
+      if step + 1 < num_steps:
+        future = pool.submit(exp.global_batch, step + 1)
+      state, acc = exp.train_step(state, acc, batch)
+      s = step + 1
+      if _KILL_AT_STEP and s == int(_KILL_AT_STEP):  # fault injection for resume tests
+        jax.block_until_ready(state)
+        os.kill(os.getpid(), signal.SIGKILL)
+      if (tc.log_every and s % tc.log_every == 0) or s == num_steps:
+        sums = jax.device_get(acc)
+        count = max(float(sums.pop('count')), 1.0)
+        scalars = {k: float(v) / count for k, v in sums.items()}
+        now = time.time()
+        rate = (s - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, s
+        scalars['steps_per_sec'] = rate
+        scalars['lr'] = float(exp.method.lr_schedule(step))
+        if not math.isfinite(scalars['loss']):
+          raise FloatingPointError(
+              f'non-finite loss {scalars["loss"]} by step {s}; the last good checkpoint '
+              f'is {workdir}/checkpoints/{ckpt.latest_step()}')
+        writer.write_scalars(s, scalars)
+        logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', s, num_steps,
+                     scalars['loss'], rate, _format_eta((num_steps - s) / rate))
+        acc = exp.empty_accumulator(state)
+      if tc.ckpt_every and s % tc.ckpt_every == 0:
+        ckpt.save(s, state)
+      if tc.eval_every and s % tc.eval_every == 0:
+        results = evaluate(exp, state, s, writer, workdir)
+        logging.info('eval at step %d: %s', s,
+                     '  '.join(f'{k[5:]} {v:.4g}' for k, v in results.items()))
+        last_time = time.time()  # evals do not count against steps/s
+      if preempt.requested:
+        ckpt.save(s, state, force=True)
+        logging.warning('SIGTERM: saved checkpoint at step %d, exiting', s)
+        raise SystemExit(143)
+  pool.shutdown()
+  ckpt.save(num_steps, state, force=True)
+  if tc.eval_every and num_steps % tc.eval_every:
+    evaluate(exp, state, num_steps, writer, workdir)
+  writer.flush()
+  return state

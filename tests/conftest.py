@@ -1,0 +1,28 @@
+"""Shared test setup: a persistent JAX compilation cache and helpers to run the CLI."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(REPO, '.jax_cache')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def cli_env(devices: int = 1, **extra) -> dict:
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def run_cli(*args, devices: int = 1, check: bool = True, timeout: float = 600, **env):
+  """Runs `python -m gensuite.cli ARGS` in a fresh process; returns CompletedProcess."""
+  proc = subprocess.run([sys.executable, '-m', 'gensuite.cli', *args], cwd=REPO,
+                        env=cli_env(devices, **env), capture_output=True, text=True,
+                        timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'gensuite {args} exited {proc.returncode}:\n{proc.stderr[-4000:]}')
+  return proc
