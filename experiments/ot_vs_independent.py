@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gensuite
+import gensuite.config
 from gensuite.metrics import distances
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/ot_vs_independent', 'Parent directory.')
@@ -27,8 +28,7 @@ _GRID = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _config(coupling):
-  from configs.flow_matching import toy2d  # pylint: disable=g-import-not-at-top
-  c = toy2d.get_config(f'{_DATA.value},{coupling}')
+  c = gensuite.config.from_file(f'configs/flow_matching/toy2d.py:{_DATA.value},{coupling}')
   c.train.num_steps = _STEPS.value
   c.train.eval_every = 0
   c.train.ckpt_every = _STEPS.value

@@ -133,3 +133,17 @@ def _tuples(d):
   if isinstance(d, list):
     return tuple(_tuples(v) for v in d)
   return d
+
+
+def from_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:variant]' as the CLI does (for scripts and notebooks)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise ConfigError(f'config file {path} does not exist')
+  module_spec = importlib.util.spec_from_file_location('_gensuite_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  return config

@@ -124,6 +124,7 @@ def build(data_config, *, seed: int, global_batch_size: int, process_index: int 
   from gensuite.data import images  # pylint: disable=g-import-not-at-top
   if images.is_image_dataset_name(name):
     source = images.open_image_source(name, split=data_config.get('split', 'train'),
-                                      data_dir=data_config.get('data_dir', None) or None)
+                                      data_dir=data_config.get('data_dir', None) or None,
+                                      allowed_hint=names_hint())
     return ImageData(name, source, **kw)
   raise ConfigError(f'unknown data name {name!r}; allowed: {names_hint()}')

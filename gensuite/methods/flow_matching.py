@@ -91,6 +91,19 @@ def ot_assignment(x0: jax.Array, x1: jax.Array) -> jax.Array:
                            vmap_method='sequential')
 
 
+def score_from_velocity(alpha, beta, v, x, t):
+  """Score of a one-sided Gaussian interpolant (gamma = 0) from its velocity.
+
+  x_t = alpha(t) x0 + beta(t) x1 with x0 ~ N(0, I): eta = E[x0 | x_t] =
+  (beta v - beta' x) / (alpha' beta - alpha beta') and score = -eta / alpha
+  (ALGORITHMS.md §2.4). Diverges as alpha -> 0 (t -> 1): clamp t below 1.
+  """
+  a, da = _value_and_derivative(alpha, t)
+  b, db = _value_and_derivative(beta, t)
+  eta = (b * v - db * x) / (da * b - a * db)
+  return -eta / a
+
+
 def _broadcast_t(t, x):
   return t.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -253,11 +266,7 @@ class FlowMatching:
       v, eta = self._apply(params, x, tb, label)
       if eta is not None:
         return -eta / self.gamma(t)
-      a, da = _value_and_derivative(self.alpha, t)
-      b, db = _value_and_derivative(self.beta, t)
-      # One-sided Gaussian interpolant (ALGORITHMS.md §2.4): eta from b, s = -eta/alpha.
-      eta = (b * v - db * x) / (da * b - a * db)
-      return -eta / a
+      return score_from_velocity(self.alpha, self.beta, v, x, jnp.asarray(t, x.dtype))
     return score
 
   def sample(self, state, rng, num: int, sampler: str | None = None,

@@ -1,0 +1,93 @@
+"""Networks by name, built from the `net` section of a config.
+
+  config.net = ml_collections.ConfigDict(dict(name='unet', channels=64,
+                                              channel_mult=(1, 2)))
+  net = gensuite.nets.build(config.net, data_shape=(8, 8, 1), out_dim_or_channels=1,
+                            num_classes=None)
+  params = net.init({'params': rng, 'dropout': rng}, x, t)['params']
+  out = net.apply({'params': params}, x, t, label=None, train=False)
+
+Every net has the call signature (x [B, ...], t [B] or scalar, label=None [B] int,
+train=False). Networks take explicit typed fields, never the whole config: `build`
+passes each field of net_config except `name` as a keyword argument, and the output
+size and class count come from the data, not from the net section.
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from gensuite.errors import ConfigError, lookup
+from gensuite.nets.embeddings import sinusoidal_embedding
+from gensuite.nets.mlp import TimeMLP
+from gensuite.nets.unet import UNet
+
+__all__ = ['NETS', 'TimeMLP', 'UNet', 'allowed_fields', 'build', 'param_count',
+           'sinusoidal_embedding']
+
+NETS = {'mlp': TimeMLP, 'unet': UNet}
+
+# Per net: the field that receives out_dim_or_channels, and the data rank it accepts.
+_OUT_FIELD = {'mlp': 'out_dim', 'unet': 'out_channels'}
+_DATA_RANK = {'mlp': 1, 'unet': 3}
+_DATA_KIND = {1: 'vector data [D]', 3: 'image data [H, W, C]'}
+_SUGGEST = {1: 'mlp', 3: 'unet'}
+# Set by build from the data, never from the net section.
+_RESERVED = ('parent', 'name', 'num_classes')
+
+
+def allowed_fields(name: str) -> tuple[str, ...]:
+  """The net_config fields (besides `name`) that net `name` accepts."""
+  cls = lookup('net', name, NETS)
+  skip = set(_RESERVED) | {_OUT_FIELD[name]}
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+
+
+def _plain(value: Any) -> Any:
+  # Configs loaded back from JSON hold lists; flax attributes should be hashable.
+  if isinstance(value, list):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
+          num_classes: int | None, data_name: str | None = None) -> nn.Module:
+  """The network named by net_config.name, for data of shape data_shape.
+
+  Args:
+    net_config: ConfigDict (or mapping) with `name` and that net's fields.
+    data_shape: shape of one example: (D,) for mlp, (H, W, C) for unet.
+    out_dim_or_channels: output features (mlp) or channels (unet).
+    num_classes: classes for label conditioning, or None.
+    data_name: only used to name the data in error messages.
+
+  Raises:
+    ConfigError: unknown net name or field, or a net that cannot take this data.
+  """
+  fields = dict(net_config.items()) if hasattr(net_config, 'items') else dict(net_config)
+  name = fields.pop('name', None)
+  if not isinstance(name, str):
+    raise ConfigError(f'net.name must be a string naming one of: {", ".join(sorted(NETS))}')
+  cls = lookup('net', name, NETS)
+  allowed = allowed_fields(name)
+  unknown = sorted(set(fields) - set(allowed))
+  if unknown:
+    raise ConfigError(f'net {name!r} has no field(s) {", ".join(unknown)}; allowed: '
+                      f'{", ".join(allowed)}')
+  shape = tuple(int(d) for d in data_shape)
+  rank = _DATA_RANK[name]
+  if len(shape) != rank:
+    what = f'data {data_name!r}' if data_name else 'the data'
+    hint = (f"; use net.name='{_SUGGEST[len(shape)]}'" if len(shape) in _SUGGEST else '')
+    raise ConfigError(f'net {name!r} needs {_DATA_KIND[rank]}, but {what} has shape '
+                      f'{shape}{hint}')
+  kwargs = {k: _plain(v) for k, v in fields.items()}
+  kwargs[_OUT_FIELD[name]] = int(out_dim_or_channels)
+  kwargs['num_classes'] = int(num_classes) if num_classes else None
+  return cls(**kwargs)
+
+
+def param_count(params) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
