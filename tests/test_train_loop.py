@@ -128,3 +128,16 @@ def test_unknown_command_and_bad_variant():
                  '--workdir=/tmp/never_written', check=False)
   assert proc.returncode == 2 and 'moons' in proc.stderr
   assert not os.path.exists('/tmp/never_written')
+
+
+def test_digits_unet_run_logs_an_image_grid(tmp_path):
+  workdir = str(tmp_path / 'digits')
+  proc = run_cli('train', '--config=configs/flow_matching/digits.py:smoke,cond',
+                 f'--workdir={workdir}')
+  assert 'samples:' in proc.stdout
+  pngs = os.listdir(os.path.join(workdir, 'samples'))
+  assert pngs == ['step_00000006.png']
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(Image.open(os.path.join(workdir, 'samples', pngs[0])))
+  assert image.shape[0] > 8 * 4 and image.shape[-1] == 3
+  assert sorted(_losses(workdir)) == [2, 4, 6]
