@@ -8,6 +8,7 @@
 Bad input (unknown names, wrong types, incompatible settings) prints one line
 `gensuite: error: ...` and exits with code 2 before anything is written.
 """
+import logging as std_logging
 import os
 import sys
 
@@ -122,11 +123,19 @@ def main(argv=None):
   command = argv[1]
   try:
     FLAGS(['gensuite'] + argv[2:])
-  except (flags.Error, ConfigError, FileNotFoundError, AttributeError, KeyError, TypeError,
+    if FLAGS['config'].present:
+      FLAGS.config.get('seed')  # config files load lazily: surface their errors here
+  except (flags.Error, ConfigError, OSError, AttributeError, KeyError, TypeError,
           ValueError) as e:
     _fail(' '.join(str(e).split()))
-  logging.set_verbosity(logging.INFO)
-  logging.use_absl_handler()
+  # The loop's progress lines at INFO; libraries (orbax, tfds) only at WARNING.
+  logging.set_verbosity(logging.WARNING)
+  handler = std_logging.StreamHandler(sys.stderr)
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+  ours = std_logging.getLogger('gensuite')
+  ours.addHandler(handler)
+  ours.setLevel(std_logging.INFO)
+  ours.propagate = False
   _setup_jax()
   try:
     {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench}[command]()

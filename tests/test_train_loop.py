@@ -128,6 +128,10 @@ def test_unknown_command_and_bad_variant():
                  '--workdir=/tmp/never_written', check=False)
   assert proc.returncode == 2 and 'moons' in proc.stderr
   assert not os.path.exists('/tmp/never_written')
+  proc = run_cli('train', '--config=configs/flow_matching/nope.py',
+                 '--workdir=/tmp/never_written', check=False)
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+  assert 'nope.py' in proc.stderr
 
 
 def test_digits_unet_run_logs_an_image_grid(tmp_path):

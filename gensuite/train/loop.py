@@ -18,7 +18,8 @@ import signal
 import time
 from typing import Any
 
-from absl import logging
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +34,7 @@ from gensuite.train import logging as log_lib
 from gensuite.train import parallel
 
 _INIT_TAG, _TRAIN_TAG, _EVAL_TAG = 1, 2, 3
+log = logging.getLogger('gensuite')
 # Tests set this to SIGKILL the process right after a given step.
 _KILL_AT_STEP = os.environ.get('GENSUITE_FAULT_KILL_AT_STEP')
 
@@ -191,7 +193,7 @@ def run(config, workdir: str, *, multihost: bool = False):
     latest = ckpt.latest_step()
     if latest is not None:
       state = ckpt.restore(latest, exp.abstract_state())
-      logging.info('resumed from %s/checkpoints/%d', workdir, latest)
+      log.info('resumed from %s/checkpoints/%d', workdir, latest)
     else:
       state = exp.init_state()
     start = int(jax.device_get(state.step))
@@ -207,7 +209,7 @@ def _train(exp, state, start, workdir, ckpt, writer):
   tc = exp.config.train
   num_steps = tc.num_steps
   if start >= num_steps:
-    logging.info('run in %s is complete (step %d)', workdir, start)
+    log.info('run in %s is complete (step %d)', workdir, start)
     done = [r for r in log_lib.read_jsonl(workdir) if r['step'] == start and
             any(k.startswith('eval/') for k in r)]
     if tc.eval_every and not done:
@@ -241,19 +243,19 @@ def _train(exp, state, start, workdir, ckpt, writer):
               f'non-finite loss {scalars["loss"]} by step {s}; the last good checkpoint '
               f'is {workdir}/checkpoints/{ckpt.latest_step()}')
         writer.write_scalars(s, scalars)
-        logging.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', s, num_steps,
+        log.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', s, num_steps,
                      scalars['loss'], rate, _format_eta((num_steps - s) / rate))
         acc = exp.empty_accumulator(state)
       if tc.ckpt_every and s % tc.ckpt_every == 0:
         ckpt.save(s, state)
       if tc.eval_every and s % tc.eval_every == 0:
         results = evaluate(exp, state, s, writer, workdir)
-        logging.info('eval at step %d: %s', s,
+        log.info('eval at step %d: %s', s,
                      '  '.join(f'{k[5:]} {v:.4g}' for k, v in results.items()))
         last_time = time.time()  # evals do not count against steps/s
       if preempt.requested:
         ckpt.save(s, state, force=True)
-        logging.warning('SIGTERM: saved checkpoint at step %d, exiting', s)
+        log.warning('SIGTERM: saved checkpoint at step %d, exiting', s)
         raise SystemExit(143)
   pool.shutdown()
   ckpt.save(num_steps, state, force=True)
