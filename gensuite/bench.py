@@ -10,7 +10,6 @@ warm-up interval, with checkpoints and evals off. It prints steps/s of both and 
 loop's efficiency (b / a).
 """
 import json
-import os
 import tempfile
 import time
 

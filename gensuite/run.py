@@ -8,7 +8,6 @@ Samples with the EMA params by default (`use_ema=False` for the raw ones).
 """
 import os
 
-import jax
 import numpy as np
 
 from gensuite import config as config_lib

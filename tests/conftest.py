@@ -1,4 +1,6 @@
 """Shared test setup: a persistent JAX compilation cache and helpers to run the CLI."""
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -26,3 +28,23 @@ def run_cli(*args, devices: int = 1, check: bool = True, timeout: float = 600, *
   if check and proc.returncode != 0:
     raise AssertionError(f'gensuite {args} exited {proc.returncode}:\n{proc.stderr[-4000:]}')
   return proc
+
+
+def losses(workdir):
+  """{step: loss} from a run's metrics.jsonl."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {r['step']: r['loss'] for r in rows if 'loss' in r}
+
+
+def tree_hash(path):
+  """A hash of every file's path and bytes below `path`."""
+  h = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      p = os.path.join(root, name)
+      h.update(p.encode())
+      with open(p, 'rb') as f:
+        h.update(f.read())
+  return h.hexdigest()

@@ -1,6 +1,4 @@
 """Flow matching against closed forms (ALGORITHMS.md §2, analytic checks)."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

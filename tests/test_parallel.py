@@ -1,42 +1,13 @@
 """Data parallelism: 1 vs 4 devices, and 2 processes vs 1, give the same losses."""
-import hashlib
-import json
-import os
 import socket
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, cli_env, losses, run_cli
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
-  return {r['step']: r['loss'] for r in rows if 'loss' in r}
-
-
-def _tree_hash(path):
-  h = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      p = os.path.join(root, name)
-      h.update(p.encode())
-      with open(p, 'rb') as f:
-        h.update(f.read())
-  return h.hexdigest()
-
-
-def _leaves(workdir):
-  import jax  # pylint: disable=g-import-not-at-top
-  import gensuite  # pylint: disable=g-import-not-at-top
-  run = gensuite.load_run(workdir)
-  return run.step, [np.asarray(x) for x in jax.tree.leaves(run.state)]
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
@@ -45,7 +16,7 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
           devices=1)
   run_cli('train', f'--config={TOY}', f'--workdir={four}', '--config.train.eval_every=0',
           devices=4)
-  a, b = _losses(one), _losses(four)
+  a, b = losses(one), losses(four)
   assert sorted(a) == sorted(b)
   np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)],
                              rtol=2e-5)
@@ -70,7 +41,7 @@ def test_two_processes_equal_one_process(tmp_path):
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  a, b = _losses(single), _losses(multi)
+  a, b = losses(single), losses(multi)
   assert sorted(a) == sorted(b)
   np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)],
                              rtol=2e-5)

@@ -1,35 +1,11 @@
 """Resume after SIGKILL retraces the uninterrupted run bitwise (CPU)."""
-import hashlib
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
-import pytest
 
-from conftest import REPO, cli_env, run_cli
+from conftest import losses, run_cli
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
-  return {r['step']: r['loss'] for r in rows if 'loss' in r}
-
-
-def _tree_hash(path):
-  h = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      p = os.path.join(root, name)
-      h.update(p.encode())
-      with open(p, 'rb') as f:
-        h.update(f.read())
-  return h.hexdigest()
 
 
 def _leaves(workdir):
@@ -54,4 +30,4 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
   assert step_a == step_b == 30
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)  # bitwise
-  assert _losses(full) == _losses(killed)
+  assert losses(full) == losses(killed)

@@ -1,42 +1,13 @@
 """End-to-end tests of the training loop through the CLI, in fresh processes."""
-import hashlib
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, run_cli
+from conftest import losses, run_cli, tree_hash
+from gensuite.train import logging as log_lib
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
-  return {r['step']: r['loss'] for r in rows if 'loss' in r}
-
-
-def _tree_hash(path):
-  h = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      p = os.path.join(root, name)
-      h.update(p.encode())
-      with open(p, 'rb') as f:
-        h.update(f.read())
-  return h.hexdigest()
-
-
-def _leaves(workdir):
-  import jax  # pylint: disable=g-import-not-at-top
-  import gensuite  # pylint: disable=g-import-not-at-top
-  run = gensuite.load_run(workdir)
-  return run.step, [np.asarray(x) for x in jax.tree.leaves(run.state)]
 
 
 @pytest.fixture(scope='module')
@@ -52,12 +23,11 @@ def test_run_writes_the_contract(toy_run):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '20'] or \
       {'10', '20'} <= set(os.listdir(os.path.join(workdir, 'checkpoints')))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
-  losses = _losses(workdir)
-  assert sorted(losses) == [5, 10, 15, 20]
-  assert all(np.isfinite(v) for v in losses.values())
+  by_step = losses(workdir)
+  assert sorted(by_step) == [5, 10, 15, 20]
+  assert all(np.isfinite(v) for v in by_step.values())
   assert 'TensorBoard logs in' in proc.stdout
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
+  rows = log_lib.read_jsonl(workdir)
   assert any('eval/mmd' in r and r['step'] == 20 for r in rows)
 
 
@@ -69,7 +39,7 @@ def test_tensorboard_events_hold_scalars_and_image(toy_run):
   tags = acc.Tags()
   assert {'loss', 'l2_grads', 'steps_per_sec', 'lr', 'eval/mmd'} <= set(tags['scalars'])
   assert [e.step for e in acc.Scalars('loss')] == [5, 10, 15, 20]
-  assert np.isclose(acc.Scalars('loss')[-1].value, _losses(workdir)[20], rtol=1e-6)
+  assert np.isclose(acc.Scalars('loss')[-1].value, losses(workdir)[20], rtol=1e-6)
   assert 'samples' in tags['images']
   image = acc.Images('samples')[-1]
   assert image.width > 100 and image.height > 100
@@ -92,10 +62,10 @@ def test_sample_cli_and_load_run(toy_run, tmp_path):
 
 def test_rerun_of_finished_run_changes_nothing(toy_run):
   workdir, _ = toy_run
-  before = _tree_hash(os.path.join(workdir, 'checkpoints'))
+  before = tree_hash(os.path.join(workdir, 'checkpoints'))
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read()
   run_cli('train', f'--config={TOY}', f'--workdir={workdir}')
-  assert _tree_hash(os.path.join(workdir, 'checkpoints')) == before
+  assert tree_hash(os.path.join(workdir, 'checkpoints')) == before
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == lines
 
 
@@ -111,14 +81,14 @@ def test_rerun_of_finished_run_changes_nothing(toy_run):
 ])
 def test_bad_input_exit_2_and_checkpoints_untouched(toy_run, args, needle):
   workdir, _ = toy_run
-  before = _tree_hash(workdir)
+  before = tree_hash(workdir)
   proc = run_cli('train', f'--config={TOY}', f'--workdir={workdir}', *args, devices=4,
                  check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   err = proc.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('gensuite: error:'), proc.stderr[-2000:]
   assert needle in err[0]
-  assert _tree_hash(workdir) == before
+  assert tree_hash(workdir) == before
 
 
 def test_unknown_command_and_bad_variant():
@@ -144,4 +114,4 @@ def test_digits_unet_run_logs_an_image_grid(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   image = np.asarray(Image.open(os.path.join(workdir, 'samples', pngs[0])))
   assert image.shape[0] > 8 * 4 and image.shape[-1] == 3
-  assert sorted(_losses(workdir)) == [2, 4, 6]
+  assert sorted(losses(workdir)) == [2, 4, 6]

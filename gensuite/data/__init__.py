@@ -11,10 +11,9 @@ several hosts sees the same global batch as a run on one.
 """
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gensuite.errors import ConfigError

@@ -23,7 +23,6 @@ over the batch (Tong et al.'s OT-CFM with the Hungarian solution of the batch pl
 contrastive_weight = lambda > 0 adds -lambda ||v - u~||^2 with u~ the target of another
 batch element (Stoica et al.'s ΔFM); negatives='other_class' draws it from other classes.
 """
-import functools
 import math
 
 import jax

@@ -11,7 +11,6 @@ function of (seed, step), so a resumed run retraces the uninterrupted one exactl
 """
 import concurrent.futures
 import dataclasses
-import functools
 import math
 import os
 import signal
@@ -28,7 +27,6 @@ from gensuite import config as config_lib
 from gensuite import data as data_lib
 from gensuite import methods
 from gensuite import metrics as metrics_lib
-from gensuite.errors import ConfigError
 from gensuite.train import checkpoint as ckpt_lib
 from gensuite.train import logging as log_lib
 from gensuite.train import parallel
