@@ -4,6 +4,7 @@
   gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
+  gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
 
 Bad input (unknown names, wrong types, incompatible settings) prints one line
 `gensuite: error: ...` and exits with code 2 before anything is written.
@@ -18,7 +19,7 @@ from ml_collections import config_flags
 
 from gensuite.errors import ConfigError
 
-COMMANDS = ('train', 'sample', 'eval', 'bench')
+COMMANDS = ('train', 'sample', 'eval', 'bench', 'sweep')
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, with optional :variant.',
                                 lock_config=True)
@@ -32,6 +33,8 @@ flags.DEFINE_integer('seed', 0, 'sample: random seed.')
 flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params.')
 flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.metrics).')
 flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step (default: latest).')
+flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep().')
+flags.DEFINE_integer('parallel', 1, 'sweep: runs at a time.')
 
 
 def _fail(message: str) -> None:
@@ -115,6 +118,16 @@ def _bench():
   bench.loop_vs_bare(FLAGS.config, steps=FLAGS.steps or 50)
 
 
+def _sweep():
+  _require('config', 'sweep', 'workdir')
+  from gensuite import sweep  # pylint: disable=g-import-not-at-top
+  rows = sweep.run(config_flags.get_config_filename(FLAGS['config']), FLAGS.sweep,
+                   FLAGS.workdir, parallel=FLAGS.parallel,
+                   base_overrides=config_flags.get_override_values(FLAGS['config']))
+  print(sweep.format_table(rows))
+  print(f'summary: {FLAGS.workdir}/summary.csv; tensorboard --logdir {FLAGS.workdir}')
+
+
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] not in COMMANDS:
@@ -138,7 +151,8 @@ def main(argv=None):
   ours.propagate = False
   _setup_jax()
   try:
-    {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench}[command]()
+    {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench,
+     'sweep': _sweep}[command]()
   except ConfigError as e:
     _fail(str(e))
 

@@ -50,7 +50,7 @@ class MetricWriter:
 
   def write_hparams(self, hparams: dict, metrics: dict) -> None:
     if self.enabled:
-      self._tb.add_hparams(hparams, metrics, run_name='.')
+      self._tb.add_hparams(hparams, metrics, name='hparams')
 
   def truncate_after(self, step: int) -> None:
     """Drops jsonl lines with a step beyond `step` (written after the last checkpoint)."""
