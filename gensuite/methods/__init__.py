@@ -31,6 +31,11 @@ class Method(Protocol):
   def sample(self, state: Any, rng: jax.Array, num: int, **sampler_kw) -> jax.Array:
     ...
 
+  # Optional: extra eval scalars and pictures, called by the loop at every eval with
+  # the host-side data object:
+  #   def evaluate(self, state, rng, data, workdir=None)
+  #       -> tuple[dict[str, float], dict[str, np.ndarray (H, W, C) uint8 image]]
+
 
 def get_class(name: str):
   module, cls = lookup('method', name, METHODS).split(':')

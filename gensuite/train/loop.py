@@ -124,15 +124,26 @@ def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | N
                                  log_prob=exp.data.log_prob)
   results = {f'eval/{k}': float(v) for k, v in results.items()}
   results['eval/sample_seconds'] = sample_time
+  images = {}
+  # Optional per-method evaluation (ELBO, log Z, a student's teacher gap, ...): the
+  # method returns scalars and, optionally, named pictures of its own.
+  method_eval = getattr(exp.method, 'evaluate', None)
+  if method_eval is not None:
+    scalars, images = method_eval(state, jax.random.fold_in(k_metric, 1), exp.data,
+                                  workdir=workdir)
+    results.update({f'eval/{k}': float(v) for k, v in scalars.items()})
   if writer is not None:
     writer.write_scalars(step, results)
     if exp.config.train.get('log_images', True):
       image = _picture(exp, samples, reference, step)
       if image is not None:
-        writer.write_image(step, 'samples', image)
+        images = {'samples': image, **images}
+      for name, picture in images.items():
+        writer.write_image(step, name, picture)
         if workdir and jax.process_index() == 0:
-          os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-          log_lib.save_png(os.path.join(workdir, 'samples', f'step_{step:08d}.png'), image)
+          sub = os.path.join(workdir, 'samples' if name == 'samples' else name)
+          os.makedirs(sub, exist_ok=True)
+          log_lib.save_png(os.path.join(sub, f'step_{step:08d}.png'), picture)
   return results
 
 
