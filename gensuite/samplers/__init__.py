@@ -13,6 +13,7 @@ from typing import Callable
 import jax
 
 from gensuite.errors import ConfigError, lookup
+from gensuite.samplers.langevin import annealed_langevin, mala, ula
 from gensuite.samplers.ode import dopri5, euler, heun, rk4, time_grid
 from gensuite.samplers.schedules import karras_sigmas
 
@@ -23,6 +24,9 @@ ODE_SAMPLERS = {'euler': euler, 'heun': heun, 'rk4': rk4}
 NFE_PER_STEP = {'euler': 1, 'heun': 2, 'rk4': 4}
 # Every name solve_ode accepts.
 SAMPLERS = {**ODE_SAMPLERS, 'dopri5': dopri5}
+# Langevin samplers (energy / score based; called directly, not through solve_ode).
+LANGEVIN_SAMPLERS = {'ula': ula, 'mala': mala, 'annealed_langevin': annealed_langevin}
+SAMPLERS.update(LANGEVIN_SAMPLERS)
 
 
 def check_name(name: str) -> None:
