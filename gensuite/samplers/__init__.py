@@ -38,7 +38,7 @@ from gensuite.samplers.ode import dopri5, euler, heun, rk4, time_grid
 from gensuite.samplers.schedules import karras_sigmas, sigma_grid, ve_sigmas, vp_sigmas
 
 __all__ = ['ODE_SAMPLERS', 'NFE_PER_STEP', 'SAMPLERS', 'SIGMA_SAMPLERS', 'check_name',
-           'dopri5', 'euler', 'frames', 'heun', 'karras_sigmas', 'rk4', 'sample_sigmas',
+           'dopri5', 'euler', 'frames', 'options_from_config', 'heun', 'karras_sigmas', 'rk4', 'sample_sigmas',
            'sigma_grid', 'solve_ode', 'time_grid', 've_sigmas', 'vp_sigmas']
 
 ODE_SAMPLERS = {'euler': euler, 'heun': heun, 'rk4': rk4}
@@ -68,6 +68,13 @@ SIGMA_SAMPLERS = {
     'edm_stochastic': sde.edm_stochastic,
     'annealed_langevin': _annealed_langevin,
 }
+# The options each sigma sampler takes (config.sampler.<option> supplies defaults).
+SAMPLER_OPTIONS = {
+    'ddim': ('eta',),
+    'pc': ('snr', 'corrector_steps'),
+    'edm_stochastic': ('s_churn', 's_min', 's_max', 's_noise'),
+    'annealed_langevin': ('steps_per_sigma', 'step_scale'),
+}
 # Every sampler name a config may hold.
 SAMPLERS = {**ODE_SOLVERS, **SIGMA_SAMPLERS, **LANGEVIN_SAMPLERS}
 
@@ -75,6 +82,14 @@ SAMPLERS = {**ODE_SOLVERS, **SIGMA_SAMPLERS, **LANGEVIN_SAMPLERS}
 def check_name(name: str, allowed=None) -> None:
   """Raises ConfigError unless `name` is a known sampler (or in `allowed`)."""
   lookup('sampler', name, SAMPLERS if allowed is None else allowed)
+
+
+def options_from_config(name: str, sampler_config, **overrides) -> dict:
+  """The options of sampler `name` found in sampler_config (a ConfigDict or dict),
+  updated with `overrides`."""
+  found = {k: sampler_config[k] for k in SAMPLER_OPTIONS.get(name, ())
+           if k in sampler_config}
+  return {**found, **overrides}
 
 
 def sample_sigmas(name: str, denoiser_fn: Callable, x: jax.Array, sigmas, rng=None,
