@@ -162,6 +162,38 @@ def test_flow_matching_sample_with_sde_samplers(sampler, options):
   assert abs(float(jnp.var(out)) - S**2) < 4 * se_var + 0.01   # + first-order bias
 
 
+def _gaussian_interpolant_velocity(alpha, beta):
+  """Exact velocity for x0 ~ N(0, 1), x1 ~ N(M, S^2) on x_t = alpha x0 + beta x1."""
+  def velocity(x, t):
+    a, da = jax.jvp(alpha, (t,), (jnp.ones_like(t),))
+    b, db = jax.jvp(beta, (t,), (jnp.ones_like(t),))
+    var = b**2 * S**2 + a**2
+    x0_mean = a / var * (x - b * M)
+    x1_mean = M + b * S**2 / var * (x - b * M)
+    return da * x0_mean + db * x1_mean
+  return velocity
+
+
+@pytest.mark.parametrize('path,sigma_min', [('linear', 0.1), ('cosine', 0.0), ('vp', 0.0)])
+def test_flow_matching_paths_sampled_in_sigma(path, sigma_min):
+  """On every path the sigma sampler lands on the exact VE flow from x_ve = 80 z to the
+  path's sigma at t = 1, mapped back to x_t: M + sqrt((S^2 + s_end^2)/(S^2 + 80^2))
+  (80 z - M), with s_end = sigma_min for the linear path, else 0."""
+  config = toy2d.get_config('8gaussians,smoke')
+  config.method.update(path=path, sigma_min=sigma_min)
+  spec = data_lib.build(config.data, seed=0, global_batch_size=8).spec
+  method = fm.FlowMatching(config, spec)
+  velocity = _gaussian_interpolant_velocity(*fm.PATHS[path](sigma_min))
+  method.velocity_fn = lambda params, label=None, cfg_scale=1.0: velocity
+  state = method.init(jax.random.key(0), {'x': jnp.zeros((8, 2))})
+  rng = jax.random.key(1)
+  z = jax.random.normal(jax.random.split(rng, 3)[0], (256, 2))
+  out = method.sample(state, rng, 256, sampler='dpm_solver_3m', steps=60)
+  s_end = sigma_min if path == 'linear' else 0.0
+  exact = M + math.sqrt((S**2 + s_end**2) / (S**2 + 80.0**2)) * (80.0 * z - M)
+  np.testing.assert_allclose(out, exact, atol=0.02)
+
+
 def test_flow_matching_rejects_energy_samplers():
   method, state = _method()
   with pytest.raises(ConfigError, match='allowed: annealed_langevin, ddim'):
