@@ -57,6 +57,8 @@ def test_neural_energy_starts_as_its_gaussian_and_knows_its_log_z():
   u = method.energy_fn(state.params)(x)
   np.testing.assert_allclose(u, 0.5 * jnp.sum(x**2, 1) / 9.0, rtol=1e-6)
   assert float(state.extra['log_z0']) == pytest.approx(math.log(2 * math.pi * 9.0))
+  grid = float(method.grid_log_partition(state.params))
+  assert grid == pytest.approx(math.log(2 * math.pi * 9.0), abs=1e-3)
   w = state.extra['walkers']
   assert w.shape == (128, 2)
   assert float(jnp.std(w)) == pytest.approx(3.0, rel=0.15)
@@ -101,6 +103,15 @@ def test_baselines_keep_uniform_weights(estimator):
   assert float(m['ess']) == pytest.approx(1.0)
   assert np.all(np.asarray(state.extra['log_weights']) == 0.0)
   assert np.isfinite(float(m['loss']))
+
+
+@pytest.mark.parametrize('path', ['configs/ebm/toy2d.py', 'configs/ebm/digits.py'])
+def test_smoke_configs_train_through_the_loop(path, tmp_path):
+  config = _config(path, 'smoke')
+  state = loop.run(config, str(tmp_path / 'run'))
+  assert int(state.step) == config.train.num_steps
+  assert os.path.isdir(tmp_path / 'run' / 'samples')
+  assert np.all(np.isfinite(np.asarray(state.extra['walkers'])))
 
 
 def _leaves(state):

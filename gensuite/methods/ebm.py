@@ -268,4 +268,15 @@ class EBM:
       scalars['exact_log_z'] = float(self.net.apply({'params': params},
                                                     method='log_partition'))
       scalars['estimated_cross_entropy'] = float(jnp.mean(self.energy_fn(params)(ref))) + log_z
+    elif self.data_shape == (2,):
+      params = jax.device_get(state.params)
+      scalars['grid_log_z'] = float(self.grid_log_partition(params))
     return scalars, {}
+
+  def grid_log_partition(self, params, half_width: float = 12.0, n: int = 481) -> jax.Array:
+    """log Z of a 2-D energy by the rectangle rule on [-w, w]^2 (n x n points)."""
+    g = jnp.linspace(-half_width, half_width, n)
+    xx, yy = jnp.meshgrid(g, g)
+    pts = jnp.stack([xx.ravel(), yy.ravel()], 1).reshape(n, n, 2)
+    u = jax.lax.map(self.energy_fn(params), pts)
+    return jax.scipy.special.logsumexp(-u) + 2.0 * jnp.log(g[1] - g[0])
