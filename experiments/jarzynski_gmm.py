@@ -109,6 +109,11 @@ def main():
       print(f"{est:>15s} seed {seed}: w(+6) {r['w_right']:.4f} (data {emp_right:.4f})  "
             f"means {r['mean_left']:+.3f} {r['mean_right']:+.3f}  CE {ce:.4f} "
             f"(truth {true_ce:.4f})  resamples {r['resamples']}  {secs:.1f}s", flush=True)
+      if est == 'jarzynski':
+        gap = curves['estimated_ce'] - curves['exact_ce']
+        print(f'{"":>15s} walker CE estimate - exact CE: final {gap[-1]:+.4f}, '
+              f'max |.| {np.abs(gap).max():.4f} (step {int(np.abs(gap).argmax()) + 1})',
+              flush=True)
   print()
   print('| estimator | w(+6e1) mean over seeds | abs error vs data weight (mean, max) '
         '| mean -10 | mean +6 | exact CE - true CE | resamplings |')
