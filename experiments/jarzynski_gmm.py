@@ -13,7 +13,6 @@ of the curves to --out.
 """
 import argparse
 import importlib.util
-import math
 import os
 import time
 
