@@ -30,16 +30,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=20.0,
       t_eps=1e-5, sample_t_eps=1e-3, weighting='default',
       class_conditional=False, label_dropout=0.0))
+  # Constant lr after warmup: a run can be extended (train.num_steps may change on
+  # resume) without bending its schedule.
   c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'
+  c.optim.schedule = 'constant'
   c.optim.warmup_steps = 200
-  c.optim.final_lr_fraction = 0.05
   c.optim.ema_decays = (0.999,)
-  c.train.num_steps = 4000
+  c.train.num_steps = 3000
   c.train.batch_size = 128
   c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 1000
+  c.train.eval_every = 500
+  c.train.ckpt_every = 500
   c.sampler.name = 'heun'
   c.sampler.steps = 18
   c.eval.num_samples = 500
