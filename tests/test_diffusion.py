@@ -122,7 +122,7 @@ def _denoiser_error(m, params, mu, s):
 
 def test_edm_training_on_a_gaussian_approaches_the_closed_form():
   """400 Adam steps on N(1, 0.5^2) data cut the denoiser's mean squared error to the
-  Wiener filter by more than 10x (measured: see experiments/results/diffusion_digits.md)."""
+  Wiener filter by more than 10x (measured: 0.279 -> 0.0028, 100x)."""
   mu, s = 1.0, 0.5
   config = toy2d.get_config('smoke')
   config.data.name, config.data.params = 'gaussian_mixture', {'means': [[mu]], 'stds': s}
@@ -194,7 +194,9 @@ def test_sigma_grids_decrease_to_zero():
   np.testing.assert_allclose(_method().sigma_grid(18)[[0, -2]], [80.0, 0.002])
 
 
+@pytest.mark.slow
 def test_smoke_run_trains_then_samples_with_several_samplers(tmp_path):
+  """About 100 s on a loaded 2-core CPU: four `gensuite sample` processes."""
   workdir = str(tmp_path / 'run')
   config = toy2d.get_config('smoke')
   train.run(config, workdir)
