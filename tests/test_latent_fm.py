@@ -58,7 +58,7 @@ def test_codes_are_standardised_encoder_means_and_decode_inverts(vae_run):
                              rtol=1e-5, atol=1e-5)
   batch = data.batch(2)
   assert batch['x'].shape == (32, 8) and batch['label'].shape == (32,)
-  np.testing.assert_array_equal(batch['x'], data.codes[data._images.indices(2)])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(batch['x'], data.codes[data.indices(2)])
   assert data.reference(jax.random.PRNGKey(0), 7).shape == (7, 8, 8, 1)
 
 
@@ -70,7 +70,7 @@ def test_sampled_latents_are_reproducible_and_spread_by_sigma(vae_run):
   # z - mu over many batches is N(0, sigma^2): its standardised second moment is 1.
   ratios = []
   for step in range(40):
-    idx = data._images.indices(step)  # pylint: disable=protected-access
+    idx = data.indices(step)
     ratios.append((data.batch(step)['x'] - data.codes[idx]) / data.sigma[idx])
   r = np.concatenate(ratios)
   assert abs(float(np.mean(r**2)) - 1.0) < 0.06 and abs(float(np.mean(r))) < 0.03

@@ -127,10 +127,14 @@ class LatentData:
   def __len__(self) -> int:
     return len(self.codes)
 
+  def indices(self, step: int) -> np.ndarray:
+    """Rows of `codes` in this host's part of batch `step`."""
+    return self._images.indices(step)
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     batch = self._images.batch(step)
     if self.kind == 'sample':
-      idx = self._images.indices(step)
+      idx = self.indices(step)
       rng = np.random.default_rng([self._seed, _LATENT_SEED_TAG, step])
       eps = rng.standard_normal((self.global_batch_size, self.codes.shape[1]))[self._slice]
       batch['x'] = (batch['x'] + eps * self.sigma[idx] / self.scale).astype(np.float32)
