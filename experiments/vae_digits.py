@@ -46,6 +46,11 @@ def _final_eval(workdir: str) -> dict:
   return {k[5:]: v for k, v in rows[-1].items() if k.startswith('eval/')}
 
 
+def _last_train_log(workdir: str) -> dict:
+  rows = [r for r in log_lib.read_jsonl(workdir) if 'loss' in r]
+  return rows[-1]
+
+
 def _train(spec: str, workdir: str, steps: int, **overrides) -> float:
   config = config_lib.from_file(spec)
   with config.unlocked():
@@ -82,7 +87,10 @@ def main(argv):
     fm_seconds = _train('configs/flow_matching/latent_digits.py', fm_dir, _FM_STEPS.value,
                         **{'data.vae_workdir': vae_dir})
     vae_eval, fm_eval = _final_eval(vae_dir), _final_eval(fm_dir)
+    last = _last_train_log(vae_dir)
     entry = {'vae': {k: vae_eval.get(k) for k in VAE_KEYS + SAMPLE_KEYS},
+             'train_log': {k: last.get(k) for k in ('step', 'elbo', 'decoder_var',
+                                                     'running_mse')},
              'latent_fm': {k: fm_eval.get(k) for k in SAMPLE_KEYS},
              'vae_seconds_this_call': vae_seconds, 'fm_seconds_this_call': fm_seconds}
     for name, workdir in (('vae', vae_dir), ('latent_fm', fm_dir)):
@@ -98,14 +106,19 @@ def main(argv):
   fmt = lambda v: '-' if v is None else f'{v:.4g}'
   print(f'VAE: {_STEPS.value} steps; latent FM: {_FM_STEPS.value} steps; seed {_SEED.value}; '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}\n')
-  print('| decoder variance | ELBO | recon | KL | L_64 | L_1000 | NLL (nats) | bits/dim | '
-        'active units | gamma |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('Test split (297 digits):\n')
+  print('| variant | ELBO | recon | KL | L_64 | L_1000 | NLL (nats) | bits/dim | '
+        'active units | train ELBO | train gamma^2 | train MSE |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
   for token in _VARIANTS.value:
-    v = summary[token]['vae']
+    v, t = summary[token]['vae'], summary[token]['train_log']
     print(f'| {token} | ' + ' | '.join(fmt(v[k]) for k in (
         'elbo', 'recon', 'kl', 'iwae_64', 'iwae_1000', 'nll_nats', 'bits_per_dim',
-        'active_units', 'balanced_gamma')) + ' |')
+        'active_units')) + ' | ' + ' | '.join(
+            fmt(t[k]) for k in ('elbo', 'decoder_var', 'running_mse')) + ' |')
+  print('\ntrain ELBO: mean over the training batches of the last log interval; '
+        'train gamma^2: the decoder variance used in the last step; train MSE: the '
+        'running (min-EMA) reconstruction MSE.')
   print('\n| VAE | sampler | MMD^2 | sliced W2 | energy dist | fd_digits |')
   print('|---|---|---|---|---|---|')
   for token in _VARIANTS.value:
