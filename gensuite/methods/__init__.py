@@ -19,6 +19,7 @@ METHODS = {
     'flow_matching': 'gensuite.methods.flow_matching:FlowMatching',
     'diffusion': 'gensuite.methods.diffusion:Diffusion',
     'ebm': 'gensuite.methods.ebm:EBM',
+    'vae': 'gensuite.methods.vae:VAE',
 }
 
 
