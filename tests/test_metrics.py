@@ -170,12 +170,12 @@ def test_evaluate_computes_the_named_metrics():
   images = metrics.evaluate(['mmd'], KEY, samples.reshape(200, 1, 2, 1),
                             reference.reshape(200, 1, 2, 1))
   assert images['mmd'] == pytest.approx(out['mmd'], abs=1e-6)
-  assert set(metrics.METRICS) == {'mmd', 'sliced_wasserstein', 'energy_distance', 'nll'}
+  assert {'mmd', 'sliced_wasserstein', 'energy_distance', 'nll'} <= set(metrics.METRICS)
 
 
 def test_unknown_metric_is_a_config_error():
   with pytest.raises(ConfigError, match='unknown metric name .*allowed: energy_distance'):
-    metrics.evaluate(['mmd', 'fid'], KEY, np.zeros((4, 2)), np.zeros((4, 2)))
+    metrics.evaluate(['mmd', 'not_a_metric'], KEY, np.zeros((4, 2)), np.zeros((4, 2)))
 
 
 def test_importing_metrics_is_light():
