@@ -155,6 +155,9 @@ def main(argv=None):
      'sweep': _sweep}[command]()
   except ConfigError as e:
     _fail(str(e))
+  except FloatingPointError as e:  # NaN/Inf in training: not a config error
+    print(f'gensuite: error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
