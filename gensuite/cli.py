@@ -102,7 +102,9 @@ def _eval():
       lookup('metric', m, metrics.METRICS)
     with run.config.unlocked():
       run.config.eval.metrics = tuple(FLAGS.metrics)
-  writer = log_lib.MetricWriter(FLAGS.workdir)
+  # At the checkpoint's step, replacing any earlier values of the same names: that
+  # step is <= every later resume point, so truncate-on-resume keeps these lines.
+  writer = log_lib.MetricWriter(FLAGS.workdir, replace=True)
   try:
     results = loop.evaluate(run.experiment, run.state, run.step, writer, None,
                             sampler=FLAGS.sampler, steps=FLAGS.steps, use_ema=FLAGS.use_ema)

@@ -102,7 +102,10 @@ class Checkpointer:
       kw['temporary_path_class'] = _KillBeforeCommit
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False, **kw)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # The handler is named up front so the saved tree's metadata can be read (for the
+    # shape check) before any restore.
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
 
   def all_steps(self) -> list[int]:
     return sorted(s for s in self._manager.all_steps()
