@@ -4,7 +4,7 @@
   gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
-  gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=docs/benchmarks.md]
+  gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
 
 Bad input (unknown names, wrong types, incompatible settings) prints one line

@@ -86,7 +86,8 @@ def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str 
     if path not in wanted:
       return f'leaf {path} {saved[path]} of the checkpoint is not in the model'
     if tuple(saved[path]) != tuple(wanted[path]):
-      return f'leaf {path} has shape {saved[path]} in the checkpoint but {wanted[path]} in the model'
+      return (f'leaf {path} has shape {saved[path]} in the checkpoint but {wanted[path]} '
+              'in the model')
   return None
 
 
