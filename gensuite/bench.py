@@ -107,7 +107,7 @@ def _peak_memory() -> tuple[float, str]:
   return float(rss) * 1024.0, 'RSS'
 
 
-def measure(config, steps: int = 20, repeats: int = 2, max_samples: int = 512) -> dict:
+def measure(config, steps: int = 20, repeats: int = 2, max_samples: int = 256) -> dict:
   """All suite figures for `config` on the current process's devices."""
   import jax  # pylint: disable=g-import-not-at-top
   from gensuite.train import loop  # pylint: disable=g-import-not-at-top
@@ -199,8 +199,13 @@ def _run_worker(spec: str, devices: int, steps: int, timeout: float) -> dict:
 
 
 def run_suite(specs: list[str] | None = None, devices=(1, 2, 4), steps: int = 20,
-              smoke: bool = False, timeout: float = 900.0, log=print) -> list[dict]:
-  """Measures every spec on every device count, each in a fresh subprocess."""
+              smoke: bool = False, timeout: float = 900.0, log=print,
+              on_row=None) -> list[dict]:
+  """Measures every spec on every device count, each in a fresh subprocess.
+
+  on_row(rows so far) is called after each row, e.g. to rewrite the table so that an
+  interrupted suite keeps what it measured.
+  """
   specs = list(specs) if specs else default_configs(smoke=smoke)
   rows = []
   for spec in specs:
@@ -212,11 +217,13 @@ def run_suite(specs: list[str] | None = None, devices=(1, 2, 4), steps: int = 20
       group.append(row)
       log(f'{spec} on {n} device(s): {time.time() - t0:.0f} s'
           + (f" ({row['error']})" if 'error' in row else ''))
-    ok = [r for r in group if 'error' not in r]
-    ref = next((r for r in ok if r['devices'] == 1), ok[0] if ok else None)
-    for r in ok:
-      r['scaling'] = ((r['bare_steps_per_sec'] * r['batch_size']) /
-                      (ref['bare_steps_per_sec'] * ref['batch_size']))
+      ok = [r for r in group if 'error' not in r]
+      ref = next((r for r in ok if r['devices'] == 1), ok[0] if ok else None)
+      for r in ok:
+        r['scaling'] = ((r['bare_steps_per_sec'] * r['batch_size']) /
+                        (ref['bare_steps_per_sec'] * ref['batch_size']))
+      if on_row is not None:
+        on_row(rows + group)
     rows.extend(group)
   return rows
 
@@ -272,8 +279,9 @@ def write_markdown(rows: list[dict], path: str, command: str, machine: dict) -> 
       '`loop / bare` is the full training loop (data, prefetch, metric accumulation, '
       'logging) against the bare jitted step on a fixed batch; `scaling` is the bare '
       "step's examples/s relative to one device at the same global batch. Simulated "
-      'devices share the same cores, so scaling above 1x is not expected on CPU: the '
-      'column shows the cost of sharding and the all-reduce.',
+      "CPU devices share the machine's cores (XLA runs each device's part on its own "
+      'thread), so that column says how well the sharded step uses the cores, not how '
+      'real accelerators scale. Timings on a machine shared with other jobs are noisy.',
       '',
       f"- Machine: {machine['cpu']}, {machine['cores']} cores; {machine['os']}",
       f"- Software: jax {machine['jax']}, Python {machine['python']}; backend "

@@ -130,11 +130,14 @@ def _bench():
     if any(d <= 0 for d in devices):
       _fail(f'--devices must be positive, got {devices}')
     out = FLAGS.out or 'docs/benchmarks.md'
-    rows = bench.run_suite(FLAGS.configs, devices=devices, steps=FLAGS.steps or 20,
-                           smoke=FLAGS.smoke, log=lambda m: print(m, file=sys.stderr))
     command = 'gensuite ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['bench'] else \
         'gensuite bench --suite'
-    print(bench.write_markdown(rows, out, command, bench.machine_description()))
+    machine = bench.machine_description()
+    rows = bench.run_suite(FLAGS.configs, devices=devices, steps=FLAGS.steps or 20,
+                           smoke=FLAGS.smoke, log=lambda m: print(m, file=sys.stderr),
+                           on_row=lambda rows: bench.write_markdown(rows, out, command,
+                                                                    machine))
+    print(bench.write_markdown(rows, out, command, machine))
     print(f'wrote {out}')
     return
   _require('config')
