@@ -17,6 +17,9 @@ from gensuite.errors import lookup
 # name -> 'module:Class', imported on use so one family's imports never slow another's.
 METHODS = {
     'flow_matching': 'gensuite.methods.flow_matching:FlowMatching',
+    'diffusion': 'gensuite.methods.diffusion:Diffusion',
+    'ebm': 'gensuite.methods.ebm:EBM',
+    'vae': 'gensuite.methods.vae:VAE',
 }
 
 
