@@ -170,11 +170,21 @@ def worker_main(spec: str, steps: int, overrides: dict | None = None) -> None:
 
 # ---- the suite ----------------------------------------------------------------------
 
+def _has_smoke_variant(path: str) -> bool:
+  from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config_lib.from_file(f'{path}:smoke')
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
 def default_configs(root: str = 'configs', smoke: bool = False) -> list[str]:
-  """Every configs/<family>/*.py on disk, as default (or `smoke`) config specs."""
+  """Every configs/<family>/*.py on disk, as default config specs; with `smoke`, each
+  file's `smoke` variant where it has one (else its default)."""
   files = sorted(p for p in glob.glob(os.path.join(root, '*', '*.py'))
                  if not os.path.basename(p).startswith('_'))
-  return [f'{p}:smoke' if smoke else p for p in files]
+  return [f'{p}:smoke' if smoke and _has_smoke_variant(p) else p for p in files]
 
 
 def _run_worker(spec: str, devices: int, steps: int, timeout: float) -> dict:
