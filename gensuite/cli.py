@@ -4,6 +4,7 @@
   gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
+  gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
 
 Bad input (unknown names, wrong types, incompatible settings) prints one line
@@ -35,6 +36,11 @@ flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.met
 flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step (default: latest).')
 flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep().')
 flags.DEFINE_integer('parallel', 1, 'sweep: runs at a time.')
+flags.DEFINE_bool('suite', False, 'bench: every config x device count, a markdown table.')
+flags.DEFINE_list('configs', None, 'bench --suite: config specs (default: every '
+                  'configs/<family>/*.py).')
+flags.DEFINE_list('devices', ['1', '2', '4'], 'bench --suite: simulated CPU device counts.')
+flags.DEFINE_bool('smoke', False, 'bench --suite: use each config file\'s smoke variant.')
 
 
 def _fail(message: str) -> None:
@@ -102,7 +108,9 @@ def _eval():
       lookup('metric', m, metrics.METRICS)
     with run.config.unlocked():
       run.config.eval.metrics = tuple(FLAGS.metrics)
-  writer = log_lib.MetricWriter(FLAGS.workdir)
+  # At the checkpoint's step, replacing any earlier values of the same names: that
+  # step is <= every later resume point, so truncate-on-resume keeps these lines.
+  writer = log_lib.MetricWriter(FLAGS.workdir, replace=True)
   try:
     results = loop.evaluate(run.experiment, run.state, run.step, writer, None,
                             sampler=FLAGS.sampler, steps=FLAGS.steps, use_ema=FLAGS.use_ema)
@@ -113,8 +121,26 @@ def _eval():
 
 
 def _bench():
-  _require('config')
   from gensuite import bench  # pylint: disable=g-import-not-at-top
+  if FLAGS.suite:
+    try:
+      devices = [int(d) for d in FLAGS.devices]
+    except ValueError:
+      _fail(f'--devices must be integers, got {",".join(FLAGS.devices)}')
+    if any(d <= 0 for d in devices):
+      _fail(f'--devices must be positive, got {devices}')
+    out = FLAGS.out or 'docs/benchmarks.md'
+    command = 'gensuite ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['bench'] else \
+        'gensuite bench --suite'
+    machine = bench.machine_description()
+    rows = bench.run_suite(FLAGS.configs, devices=devices, steps=FLAGS.steps or 20,
+                           smoke=FLAGS.smoke, log=lambda m: print(m, file=sys.stderr),
+                           on_row=lambda rows: bench.write_markdown(rows, out, command,
+                                                                    machine))
+    print(bench.write_markdown(rows, out, command, machine))
+    print(f'wrote {out}')
+    return
+  _require('config')
   bench.loop_vs_bare(FLAGS.config, steps=FLAGS.steps or 50)
 
 
@@ -155,6 +181,9 @@ def main(argv=None):
      'sweep': _sweep}[command]()
   except ConfigError as e:
     _fail(str(e))
+  except FloatingPointError as e:  # NaN/Inf in training: not a config error
+    print(f'gensuite: error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

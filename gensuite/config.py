@@ -2,12 +2,14 @@
 
   config = gensuite.config.base()       # in configs/<family>/<name>.py: get_config(arg)
   gensuite.config.validate(config)      # types and values of the shared fields
+  gensuite.config.check_section(config.method, {'path': str, 'steps': int}, 'method')
   gensuite.config.check_resume(workdir, config)   # same run, or ConfigError
 
 Names in `base()` are a contract with scripts and sweeps: keep their spellings.
 """
 import json
 import os
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -17,7 +19,7 @@ from gensuite.errors import ConfigError
 # when things happen or how samples are drawn, never what is being trained.
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.ckpt_every', 'train.keep_checkpoints', 'train.log_images',
-                     'sampler.', 'eval.', 'data.data_dir')
+                     'train.skip_nonfinite', 'sampler.', 'eval.', 'data.data_dir')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -32,7 +34,7 @@ def base() -> ml_collections.ConfigDict:
       grad_clip=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, ema_decays=(0.999,)))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=256, log_every=100, eval_every=0, ckpt_every=1000,
-      keep_checkpoints=3, log_images=True))
+      keep_checkpoints=3, log_images=True, skip_nonfinite=False))
   c.sampler = ml_collections.ConfigDict(dict(name='euler', steps=100))
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=1000, metrics=('mmd', 'sliced_wasserstein', 'energy_distance', 'nll'),
@@ -47,22 +49,110 @@ def _get(config, path):
   return node
 
 
+# Sections whose every field is shared by all families: unknown names are errors.
+# The others (data, net, method, sampler, eval) also carry family-specific fields,
+# checked by the data source, net, method or sampler that reads them.
+_CLOSED_SECTIONS = ('optim', 'train')
+# Fields whose allowed types are wider than their default's, or absent from base().
+_FIELD_TYPES: dict[str, Any] = {
+    'eval.use_ema': (bool, str),      # True/False or an EMA decay's name, e.g. '0.999'
+    'optim.momentum': (float, type(None)),
+    'data.params': dict,
+}
+_TYPE_NAMES = {bool: 'a bool', int: 'an integer', float: 'a number', str: 'a string',
+               tuple: 'a tuple', dict: 'a dict', type(None): 'None'}
+
+
+def _is_a(value, kind) -> bool:
+  if kind is bool:
+    return isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if kind is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is tuple:
+    return isinstance(value, (tuple, list))
+  if kind is dict:
+    return isinstance(value, (dict, ml_collections.ConfigDict))
+  if kind is type(None):
+    return value is None
+  return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  return ' or '.join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def check_section(section, allowed: Mapping[str, Any], where: str, *,
+                  closed: bool = True) -> None:
+  """Checks a config section against {field: type or tuple of types}.
+
+  Raises ConfigError for a field of the wrong type (bool is not an int; an int is a
+  valid float; a list is a valid tuple) or, when `closed`, for a field not in
+  `allowed`, listing the allowed names. Fields absent from `section` are not
+  required. Methods call it for their own section:
+    check_section(config.method, {'name': str, 'path': str, 'sigma_min': float}, 'method')
+  """
+  if not isinstance(section, (dict, ml_collections.ConfigDict)):
+    raise ConfigError(f'config.{where} must be a section (ConfigDict), got {section!r}')
+  for name in section.keys():
+    value = section[name]
+    if name not in allowed:
+      if closed:
+        raise ConfigError(f'config.{where} has no field {name!r}; allowed: '
+                          f'{", ".join(sorted(allowed))}')
+      continue
+    kind = allowed[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not any(_is_a(value, k) for k in kinds):
+      raise ConfigError(f'config.{where}.{name} must be {_type_name(kind)}, got {value!r}')
+    if tuple in kinds and isinstance(value, (tuple, list)) and name == 'ema_decays':
+      if not all(_is_a(v, float) for v in value):
+        raise ConfigError(f'config.{where}.{name} must hold numbers, got {value!r}')
+
+
+def _kind_of(value):
+  if isinstance(value, ml_collections.ConfigDict):
+    return dict
+  for kind in (bool, int, float, str, tuple, dict):
+    if _is_a(value, kind):
+      return kind
+  return type(value)
+
+
+def shared_field_types() -> dict[str, dict[str, Any]]:
+  """{section: {field: allowed type(s)}} from base() and _FIELD_TYPES."""
+  ref = base()
+  table = {}
+  for section in ('data', 'net', 'method', 'optim', 'train', 'sampler', 'eval'):
+    fields = {k: _kind_of(ref[section][k]) for k in ref[section].keys()}
+    for path, kind in _FIELD_TYPES.items():
+      sec, _, name = path.partition('.')
+      if sec == section:
+        fields[name] = kind
+    table[section] = fields
+  return table
+
+
 def validate(config) -> None:
-  """Raises ConfigError for a missing section or a bad value of a shared field."""
+  """Raises ConfigError for a missing section or a bad type or value of a shared field."""
   for section in ('data', 'net', 'method', 'optim', 'train', 'sampler', 'eval'):
     if section not in config:
       raise ConfigError(f'config has no {section!r} section; start configs from '
                         'gensuite.config.base()')
+  if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+    raise ConfigError(f'config.seed must be an integer, got {config.seed!r}')
+  for section, fields in shared_field_types().items():
+    check_section(config[section], fields, section, closed=section in _CLOSED_SECTIONS)
   for path in ('train.num_steps', 'train.batch_size', 'sampler.steps', 'eval.num_samples'):
     v = _get(config, path)
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+    if v <= 0:
       raise ConfigError(f'config.{path} must be a positive integer, got {v!r}')
   for path in ('train.log_every', 'train.eval_every', 'train.ckpt_every'):
     v = _get(config, path)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+    if v < 0:
       raise ConfigError(f'config.{path} must be an integer >= 0 (0 = never), got {v!r}')
-  if not isinstance(config.seed, int):
-    raise ConfigError(f'config.seed must be an integer, got {config.seed!r}')
   for path in ('data.name', 'net.name', 'method.name', 'sampler.name', 'optim.name'):
     if not isinstance(_get(config, path), str):
       raise ConfigError(f'config.{path} must be a string, got {_get(config, path)!r}')

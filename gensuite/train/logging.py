@@ -6,8 +6,9 @@
   writer.write_image(step, 'samples', scatter_plot(samples, reference))
 
 metrics.jsonl holds one JSON object per write: {"step": N, "name": value, ...}.
-On resume, `truncate_after(step)` drops lines past the restored checkpoint, so the
-file never holds two values for the same step.
+On resume, `truncate_after(step)` drops lines past the restored checkpoint, and a
+writer made with `replace=True` (`gensuite eval`) first removes earlier values of the
+names it writes at that step, so the file never holds two values for one (step, name).
 """
 import json
 import math
@@ -21,8 +22,9 @@ _JSONL = 'metrics.jsonl'
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str, enabled: bool | None = None, replace: bool = False):
     self.workdir = workdir
+    self.replace = replace
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     if self.enabled:
@@ -41,6 +43,8 @@ class MetricWriter:
       v = float(v)
       clean[k] = v if math.isfinite(v) else str(v)  # JSON has no NaN/inf literals
       self._tb.add_scalar(k, v, step)
+    if self.replace:
+      self._drop(lambda row: row.get('step') == int(step), set(clean))
     with open(self.jsonl_path, 'a') as f:
       f.write(json.dumps({'step': int(step), **clean}) + '\n')
 
@@ -54,18 +58,31 @@ class MetricWriter:
 
   def truncate_after(self, step: int) -> None:
     """Drops jsonl lines with a step beyond `step` (written after the last checkpoint)."""
+    self._drop(lambda row: row['step'] > step)
+
+  def _drop(self, match, names: set[str] | None = None) -> None:
+    """Rewrites the jsonl without the matching rows (or only their `names`)."""
     if not self.enabled or not os.path.exists(self.jsonl_path):
       return
     with open(self.jsonl_path) as f:
       lines = f.readlines()
-    keep = []
+    keep, changed = [], False
     for line in lines:
       try:
-        if json.loads(line)['step'] <= step:
-          keep.append(line)
-      except (ValueError, KeyError):
-        pass  # a line cut short by a crash
-    if len(keep) != len(lines):
+        row = json.loads(line)
+        hit = match(row)
+      except (ValueError, KeyError, TypeError):
+        changed = True  # a line cut short by a crash
+        continue
+      if not hit:
+        keep.append(line)
+        continue
+      changed = True
+      if names is not None:
+        rest = {k: v for k, v in row.items() if k not in names}
+        if set(rest) - {'step'}:
+          keep.append(json.dumps(rest) + '\n')
+    if changed:
       tmp = self.jsonl_path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(keep)

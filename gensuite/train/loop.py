@@ -58,6 +58,8 @@ class Experiment:
     self.bare_step = jax.jit(self._bare_step, donate_argnums=(0,),
                              out_shardings=(self.repl, self.repl))
     self._samplers = {}
+    self.skip_nonfinite = bool(self.config.train.get('skip_nonfinite', False))
+    self._nan_at_step = int(os.environ.get('GENSUITE_FAULT_NAN_AT_STEP', '0') or 0)
 
   def global_batch(self, step: int):
     return parallel.to_global(self.data.batch(step), self.batch_sharding)
@@ -74,12 +76,42 @@ class Experiment:
     return self.method.train_step(state, batch, rng)
 
   def _step_and_accumulate(self, state, acc, batch):
-    """One step; adds its scalars to running sums so logging never waits on a step."""
-    state, metrics = self._bare_step(state, batch)
+    """One step; adds its scalars to running sums so logging never waits on a step.
+
+    A step whose loss or any 'l2_*' norm (grads, updates, params) is NaN or Inf is
+    recorded in acc['first_nonfinite'] (its 1-based step number; 0 = none yet), which
+    the host reads only at log time and before a checkpoint or an eval. With
+    config.train.skip_nonfinite such a step leaves params, optimizer state, EMA and
+    extra unchanged (the step counter still advances, so data and rng stay aligned
+    with the uninterrupted run) and counts in acc['skipped_steps'].
+    """
+    if self._nan_at_step:  # fault injection for tests: poison one step's batch
+      poison = state.step + 1 == self._nan_at_step
+      batch = {**batch, 'x': jnp.where(poison, jnp.nan, 1.0) * batch['x']}
+    new, metrics = self._bare_step(state, batch)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    checked = [v for k, v in metrics.items() if k == 'loss' or k.startswith('l2_')]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checked])) if checked \
+        else jnp.asarray(True)
     if acc is None:
-      return state, {'count': jnp.ones(()), **metrics}
-    return state, {'count': acc['count'] + 1, **{k: acc[k] + v for k, v in metrics.items()}}
+      acc = {'count': jnp.zeros(()), 'first_nonfinite': jnp.zeros((), jnp.int32),
+             **{k: jnp.zeros_like(v) for k, v in metrics.items()}}
+      if self.skip_nonfinite:
+        acc['skipped_steps'] = jnp.zeros(())
+    step_number = (state.step + 1).astype(jnp.int32)
+    first = jnp.where((acc['first_nonfinite'] == 0) & ~finite, step_number,
+                      acc['first_nonfinite'])
+    out = {'first_nonfinite': first}
+    if self.skip_nonfinite:
+      kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+      new = kept.replace(step=new.step) if hasattr(kept, 'replace') else kept
+      out['count'] = acc['count'] + finite.astype(jnp.float32)
+      out['skipped_steps'] = acc['skipped_steps'] + (~finite).astype(jnp.float32)
+      out.update({k: acc[k] + jnp.where(finite, v, 0.0) for k, v in metrics.items()})
+    else:
+      out['count'] = acc['count'] + 1
+      out.update({k: acc[k] + v for k, v in metrics.items()})
+    return new, out
 
   def empty_accumulator(self, state):
     shapes = jax.eval_shape(self._step_and_accumulate, state, None, self.data.batch(0))[1]
@@ -193,31 +225,57 @@ def _format_eta(seconds: float) -> str:
 
 
 def run(config, workdir: str, *, multihost: bool = False):
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state.
+
+  The checkpoint is restored (and checked against the model) before anything is
+  written, so a run that cannot resume leaves its workdir as it found it.
+  """
   parallel.maybe_initialize_distributed(multihost)
   exp = build_experiment(config)
   resuming = config_lib.check_resume(workdir, config)
   tc = config.train
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0 and not resuming:
-    config_lib.write(workdir, config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                               keep=tc.get('keep_checkpoints', 3))
-  writer = log_lib.MetricWriter(workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  keep = tc.get('keep_checkpoints', 3)
+  ckpt, state = None, None
   try:
-    latest = ckpt.latest_step()
-    if latest is not None:
-      state = ckpt.restore(latest, exp.abstract_state())
-      log.info('resumed from %s/checkpoints/%d', workdir, latest)
-    else:
+    if os.path.isdir(ckpt_dir):
+      ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=keep, discard_incomplete=True)
+      latest = ckpt.latest_step()
+      if latest is not None:
+        state = ckpt.restore(latest, exp.abstract_state())
+        log.info('resumed from %s/checkpoints/%d', workdir, latest)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0 and not resuming:
+      config_lib.write(workdir, config)
+    if ckpt is None:
+      ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=keep, discard_incomplete=True)
+    if state is None:
       state = exp.init_state()
     start = int(jax.device_get(state.step))
-    writer.truncate_after(start)
-    state = _train(exp, state, start, workdir, ckpt, writer)
+    writer = log_lib.MetricWriter(workdir)
+    try:
+      writer.truncate_after(start)
+      state = _train(exp, state, start, workdir, ckpt, writer)
+    finally:
+      writer.close()
   finally:
-    writer.close()
-    ckpt.close()
+    if ckpt is not None:
+      ckpt.close()
   return state
+
+
+def _check_finite(exp, acc, step: int, workdir: str, ckpt) -> None:
+  """Raises FloatingPointError if a step since the last reset was non-finite (unless
+  skipped): called at log time and before every checkpoint save and eval, so a
+  non-finite state is never saved."""
+  if exp.skip_nonfinite:
+    return
+  first = int(jax.device_get(acc['first_nonfinite']))
+  if first:
+    raise FloatingPointError(
+        f'non-finite loss or gradients at step {first} (detected by step {step}); stopped '
+        f'without saving it; the last good checkpoint is {workdir}/checkpoints/'
+        f'{ckpt.latest_step()}; set config.train.skip_nonfinite=True to skip such steps')
 
 
 def _train(exp, state, start, workdir, ckpt, writer):
@@ -245,34 +303,46 @@ def _train(exp, state, start, workdir, ckpt, writer):
         jax.block_until_ready(state)
         os.kill(os.getpid(), signal.SIGKILL)
       if (tc.log_every and s % tc.log_every == 0) or s == num_steps:
+        _check_finite(exp, acc, s, workdir, ckpt)
         sums = jax.device_get(acc)
-        count = max(float(sums.pop('count')), 1.0)
-        scalars = {k: float(v) / count for k, v in sums.items()}
+        count = float(sums.pop('count'))
+        sums.pop('first_nonfinite')
+        skipped = sums.pop('skipped_steps', None)
+        scalars = {k: float(v) / count for k, v in sums.items()} if count else {}
         now = time.time()
         rate = (s - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, s
         scalars['steps_per_sec'] = rate
         scalars['lr'] = float(exp.method.lr_schedule(step))
-        if not math.isfinite(scalars['loss']):
+        if skipped is not None:
+          scalars['skipped_steps'] = float(skipped)
+          if skipped:
+            log.warning('skipped %d non-finite step(s) in the %d steps up to step %d',
+                        int(skipped), int(count + skipped), s)
+        if not math.isfinite(scalars.get('loss', 0.0)):
           raise FloatingPointError(
               f'non-finite loss {scalars["loss"]} by step {s}; the last good checkpoint '
               f'is {workdir}/checkpoints/{ckpt.latest_step()}')
         writer.write_scalars(s, scalars)
         log.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', s, num_steps,
-                     scalars['loss'], rate, _format_eta((num_steps - s) / rate))
+                 scalars.get('loss', float('nan')), rate, _format_eta((num_steps - s) / rate))
         acc = exp.empty_accumulator(state)
       if tc.ckpt_every and s % tc.ckpt_every == 0:
+        _check_finite(exp, acc, s, workdir, ckpt)
         ckpt.save(s, state)
       if tc.eval_every and s % tc.eval_every == 0:
+        _check_finite(exp, acc, s, workdir, ckpt)
         results = evaluate(exp, state, s, writer, workdir)
         log.info('eval at step %d: %s', s,
                      '  '.join(f'{k[5:]} {v:.4g}' for k, v in results.items()))
         last_time = time.time()  # evals do not count against steps/s
       if preempt.requested:
+        _check_finite(exp, acc, s, workdir, ckpt)
         ckpt.save(s, state, force=True)
         log.warning('SIGTERM: saved checkpoint at step %d, exiting', s)
         raise SystemExit(143)
   pool.shutdown()
+  _check_finite(exp, acc, num_steps, workdir, ckpt)
   ckpt.save(num_steps, state, force=True)
   if tc.eval_every and num_steps % tc.eval_every:
     evaluate(exp, state, num_steps, writer, workdir)
