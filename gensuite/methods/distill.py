@@ -372,8 +372,9 @@ class Distill:
       metrics['gan_gen_loss'] = gan
       loss = loss + self.gan_weight * gan
     if self.reg_weight > 0:
-      idx = jax.random.randint(k_reg, (self.reg_batch,), 0, self.num_pairs)
-      pred = self.generate(gen_params, extra['pair_noise'][idx])
+      k_idx, k_chain = jax.random.split(k_reg)
+      idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
+      pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain)
       reg = jnp.mean(_mean_dims((pred - extra['pair_target'][idx])**2))
       metrics['reg_loss'] = reg
       loss = loss + self.reg_weight * reg
