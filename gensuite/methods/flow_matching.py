@@ -63,6 +63,8 @@ GAMMAS = {
 COUPLINGS = ('independent', 'ot')
 NEGATIVES = ('any', 'other_class')
 TIME_SAMPLING = ('uniform', 'logit_normal')
+# solve_ode integrates the velocity in t; the sigma samplers run on denoiser_fn.
+SAMPLER_NAMES = {**samplers.ODE_SOLVERS, **samplers.SIGMA_SAMPLERS}
 
 
 def _value_and_derivative(fn, t):
@@ -157,7 +159,9 @@ class FlowMatching:
     self.lr_schedule = optim.schedule(config.optim, num_steps)
     self.tx = optim.build(config.optim, num_steps)
     self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
-    samplers.check_name(config.sampler.name)
+    self.path_kind = mc.get('path', 'linear')
+    self.sigma_min = float(mc.get('sigma_min', 0.0))
+    samplers.check_name(config.sampler.name, SAMPLER_NAMES)
 
   # ---- pieces ------------------------------------------------------------------
 
@@ -268,17 +272,66 @@ class FlowMatching:
       return score_from_velocity(self.alpha, self.beta, v, x, jnp.asarray(t, x.dtype))
     return score
 
+  def frame(self):
+    """This path as a gensuite.samplers.frames.GaussianPath (a = beta, b = alpha or
+    sqrt(alpha^2 + gamma^2) with the interpolant's gamma)."""
+    gamma = None if self.gamma_kind == 'none' else self.gamma
+    return samplers.frames.fm_path(self.path_kind, self.sigma_min, gamma)
+
+  def denoiser_fn(self, params, label=None, cfg_scale: float = 1.0):
+    """VE-frame denoiser D(x, sigma) = E[x1 | x1 + sigma eps = x] from the velocity.
+
+    sigma = alpha(t)/beta(t) (ALGORITHMS.md §0 with a = beta, b = alpha) and x_t =
+    beta(t) x; the conversion is gensuite.samplers.frames.denoiser_from_velocity.
+    Guidance is linear in the velocity, so cfg_scale carries over unchanged.
+    """
+    return samplers.frames.denoiser_from_velocity(
+        self.velocity_fn(params, label, cfg_scale), self.frame())
+
+  def sigma_grid(self, steps: int, sigma_max: float = 80.0, rho: float = 7.0):
+    """EDM's rho grid from sigma_max down to this path's sigma at t = 1 (0 unless the
+    path has sigma_min > 0, when it ends there instead of at 0): `steps` steps."""
+    with jax.ensure_compile_time_eval():  # a constant, also when traced under jit
+      sigma_end = float(self.frame().sigma(1.0))
+    if sigma_end <= 0.0:
+      return samplers.karras_sigmas(steps, 0.002, sigma_max, rho)
+    return samplers.karras_sigmas(steps + 1, sigma_end, sigma_max, rho, append_zero=False)
+
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
-             return_trajectory: bool = False):
-    """num samples by integrating dx/dt = v(x, t) from t=0 (noise) to t=1."""
+             return_trajectory: bool = False, sigmas=None, **options):
+    """num samples from noise (t = 0) to data (t = 1).
+
+    ODE solvers (euler, heun, rk4, dopri5) integrate dx/dt = v(x, t) on [0, 1]. Every
+    other sampler (ddim, dpm_solver_*, euler_maruyama, pc, edm_stochastic,
+    annealed_langevin) runs in the VE frame on `denoiser_fn` over `sigmas` (default
+    `sigma_grid(steps)` with config.sampler.sigma_max, else 80), starting from
+    x_ve = sigma_0 z (the t = sigma^-1 end of the path, where the data part is
+    negligible); the result is mapped back by x_t = beta(t) x_ve. `options` go to
+    the sampler (eta, snr, corrector_steps, s_churn, ...), over config.sampler's.
+    """
     sampler = sampler or self.config.sampler.name
+    samplers.check_name(sampler, SAMPLER_NAMES)
     steps = int(steps or self.config.sampler.steps)
     params = state.eval_params(use_ema)
-    k_x, k_y = jax.random.split(rng)
+    k_x, k_y, k_s = jax.random.split(rng, 3)
     x0 = jax.random.normal(k_x, (num,) + self.data_shape)
     if self.conditional and label is None:
       label = jax.random.randint(k_y, (num,), 0, self.spec.num_classes)
-    fn = self.velocity_fn(params, label if self.conditional else None, cfg_scale)
-    return samplers.solve_ode(sampler, fn, x0, 0.0, 1.0, steps,
-                              return_trajectory=return_trajectory)
+    label = label if self.conditional else None
+    if sampler in samplers.ODE_SOLVERS:
+      fn = self.velocity_fn(params, label, cfg_scale)
+      return samplers.solve_ode(sampler, fn, x0, 0.0, 1.0, steps,
+                                return_trajectory=return_trajectory)
+    if return_trajectory:
+      raise ConfigError(f'sampler {sampler!r} cannot return a trajectory; use one of '
+                        + ', '.join(sorted(samplers.ODE_SAMPLERS)))
+    if sigmas is None:
+      sigmas = self.sigma_grid(steps, float(self.config.sampler.get('sigma_max', 80.0)))
+    sigmas = np.asarray(sigmas, np.float64)
+    denoiser = self.denoiser_fn(params, label, cfg_scale)
+    options = samplers.options_from_config(sampler, self.config.sampler, **options)
+    x, _ = samplers.sample_sigmas(sampler, denoiser, sigmas[0] * x0, sigmas, k_s, **options)
+    if sigmas[-1] == 0.0:
+      return x
+    return self.frame().from_ve(x, self.frame().t_of_sigma(sigmas[-1]))
