@@ -18,6 +18,7 @@ from gensuite.errors import lookup
 METHODS = {
     'flow_matching': 'gensuite.methods.flow_matching:FlowMatching',
     'distill': 'gensuite.methods.distill:Distill',
+    'diffusion': 'gensuite.methods.diffusion:Diffusion',
 }
 
 

@@ -13,6 +13,11 @@ Samples and reference are [n, ...] arrays (flattened to [n, d]). The metrics:
   nll                 mean -log p(samples) under the true density `log_prob`
                       (inf when some sample has zero density); it also adds
                       'nll_finite_fraction'. Skipped when log_prob is None.
+  fd_digits, kid_digits, precision_digits, recall_digits
+                      Fréchet distance, KID (unbiased, cubic kernel) and k-NN
+                      precision/recall (k = 3) on the features of a small digits
+                      classifier (metrics/features.py), cached under `workdir`
+                      (or ~/.cache/gensuite when workdir is None).
 Each metric gets its own key, fold_in(rng, its index in METRICS), so a value does not
 depend on which other metrics were asked for. Importing this package pulls in only
 JAX and numpy.
@@ -57,26 +62,67 @@ def _nll(rng, samples, reference, log_prob):
   return distances.nll(samples, log_prob)
 
 
+def _digits_features(samples, reference, workdir):
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  extractor = features.digits_extractor(workdir)
+  return extractor.features(samples), extractor.features(reference)
+
+
+def _fd_digits(rng, samples, reference, log_prob, workdir=None):
+  del rng, log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  return features.frechet_distance_of_features(*_digits_features(samples, reference, workdir))
+
+
+def _kid_digits(rng, samples, reference, log_prob, workdir=None):
+  del log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  return features.kid(*_digits_features(samples, reference, workdir), rng)[0]
+
+
+def _precision_digits(rng, samples, reference, log_prob, workdir=None):
+  del rng, log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  fake, real = _digits_features(samples, reference, workdir)
+  return features.precision_recall(real, fake)[0]
+
+
+def _recall_digits(rng, samples, reference, log_prob, workdir=None):
+  del rng, log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  fake, real = _digits_features(samples, reference, workdir)
+  return features.precision_recall(real, fake)[1]
+
+
 METRICS: dict[str, MetricFn] = {
     'mmd': _mmd,
     'sliced_wasserstein': _sliced_wasserstein,
     'energy_distance': _energy_distance,
     'nll': _nll,
+    'fd_digits': _fd_digits,
+    'kid_digits': _kid_digits,
+    'precision_digits': _precision_digits,
+    'recall_digits': _recall_digits,
 }
+# Metrics that take a `workdir` keyword (where they cache what they build).
+_WANT_WORKDIR = ('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits')
 
 
 def evaluate(names: Sequence[str], rng: jax.Array, samples, reference,
-             log_prob: Callable | None = None) -> dict[str, float]:
+             log_prob: Callable | None = None, workdir: str | None = None
+             ) -> dict[str, float]:
   """Computes the named metrics of samples against reference (module docstring).
 
-  Unknown names raise ConfigError before anything is computed.
+  Unknown names raise ConfigError before anything is computed. `workdir` is where
+  metrics that build something (the digits classifier) cache it.
   """
   fns = {name: lookup('metric', name, METRICS) for name in names}
   order = list(METRICS)
   samples, reference = _flat(samples), _flat(reference)
   results = {}
   for name, fn in fns.items():
-    value = fn(jax.random.fold_in(rng, order.index(name)), samples, reference, log_prob)
+    kw = {'workdir': workdir} if name in _WANT_WORKDIR else {}
+    value = fn(jax.random.fold_in(rng, order.index(name)), samples, reference, log_prob, **kw)
     if value is None:
       continue
     results[name] = float(value)

@@ -121,7 +121,7 @@ def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | N
   sample_time = time.time() - t0
   reference = exp.data.reference(k_ref, ec.num_samples)
   results = metrics_lib.evaluate(tuple(ec.metrics), k_metric, samples, reference,
-                                 log_prob=exp.data.log_prob)
+                                 log_prob=exp.data.log_prob, workdir=workdir)
   results = {f'eval/{k}': float(v) for k, v in results.items()}
   results['eval/sample_seconds'] = sample_time
   images = {}

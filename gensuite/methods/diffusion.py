@@ -1,0 +1,350 @@
+"""Denoising diffusion: VP and VE SDEs (Song et al.) and EDM (Karras et al.).
+
+  config.method = dict(name='diffusion', formulation='edm', sigma_data=0.5, ...)
+  method = Diffusion(config, data_spec)
+  state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
+  x = method.sample(state, rng, 64, sampler='heun', steps=18)
+  denoise = method.denoiser_fn(params, label=None, cfg_scale=1.0)   # D(x, sigma)
+
+Formulations (ALGORITHMS.md §1). Every one trains a network F(input, noise_cond, label)
+and every one is read back through the same VE-frame denoiser D(x, sigma) ~ E[x0 | x],
+x = x0 + sigma eps, which is what the samplers and a distillation teacher use.
+  edm  D = c_skip x + c_out F(c_in x, c_noise), c_noise = ln(sigma) / 4,
+       ln sigma ~ N(P_mean, P_std^2), loss lambda(sigma) |D - x0|^2 with
+       lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (so lambda c_out^2 = 1).
+  vp   x_t = a_t x0 + b_t eps, log a_t = -t^2 (beta_max - beta_min)/4 - t beta_min/2,
+       b_t = sqrt(1 - a_t^2), t ~ U(t_eps, 1); F(x_t, t) predicts eps (loss
+       |F - eps|^2 = |b_t s + eps|^2, the default DSM weighting; 'likelihood' weights
+       it by g(t)^2 / b_t^2). In the VE frame sigma = b_t / a_t and x_t = a_t x.
+  ve   x_t = x0 + sigma(t) eps, sigma(t) = sigma_min (sigma_max / sigma_min)^t; F
+       predicts eps from x_t / sqrt(1 + sigma^2) (an input scale that keeps the
+       network's input O(1); it does not change the optimum) and t.
+Losses are means over dimensions and batch (score_sde sums over dimensions; that
+only rescales the learning rate).
+
+Class conditioning: labels are dropped to the null class (index num_classes) with
+probability label_dropout; classifier-free guidance at sampling uses
+D = D_null + cfg_scale (D_label - D_null), so cfg_scale = 1 is the conditional model.
+
+Sampling integrates from sigma_max to 0 on a sigma grid: EDM's rho = 7 grid for edm,
+and the images of a uniform t grid for vp (t from 1 to sample_t_eps) and ve (t from
+1 to 0), each followed by sigma = 0; x starts at sigma_0 z.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gensuite import nets, samplers
+from gensuite.errors import ConfigError
+from gensuite.train import optim
+from gensuite.train.state import TrainState, apply_gradients
+
+FORMULATIONS = ('edm', 'vp', 've')
+WEIGHTINGS = ('default', 'likelihood')
+
+
+def edm_preconditioning(sigma, sigma_data: float):
+  """(c_skip, c_out, c_in, c_noise) of Karras et al. (2022), Table 1."""
+  sigma = jnp.asarray(sigma)
+  total = sigma**2 + sigma_data**2
+  c_skip = sigma_data**2 / total
+  c_out = sigma * sigma_data / jnp.sqrt(total)
+  c_in = 1.0 / jnp.sqrt(total)
+  c_noise = 0.25 * jnp.log(sigma)
+  return c_skip, c_out, c_in, c_noise
+
+
+def edm_weight(sigma, sigma_data: float):
+  """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
+  return (sigma**2 + sigma_data**2) / (sigma * sigma_data)**2
+
+
+class VPSchedule:
+  """The VP SDE's linear beta(t) and its marginal a_t, b_t, and sigma = b_t / a_t."""
+
+  def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+    self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+  def log_a(self, t):
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def a(self, t):
+    return jnp.exp(self.log_a(t))
+
+  def b(self, t):
+    return jnp.sqrt(-jnp.expm1(2.0 * self.log_a(t)))
+
+  def sigma(self, t):
+    """b_t / a_t = sqrt(exp(-2 log a_t) - 1)."""
+    return jnp.sqrt(jnp.expm1(-2.0 * self.log_a(t)))
+
+  def t_from_sigma(self, sigma):
+    """Inverse of sigma(t): solves (bd/4) t^2 + (beta_min/2) t = ln(1 + sigma^2)/2."""
+    c = 0.5 * jnp.log1p(sigma**2)
+    bd = self.beta_max - self.beta_min
+    return (-0.5 * self.beta_min + jnp.sqrt(0.25 * self.beta_min**2 + bd * c)) / (0.5 * bd)
+
+  def g2(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+
+class VESchedule:
+  """The VE SDE's geometric sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+
+  def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+    self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+    self.log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+  def sigma(self, t):
+    return self.sigma_min * jnp.exp(t * self.log_ratio)
+
+  def t_from_sigma(self, sigma):
+    return jnp.log(sigma / self.sigma_min) / self.log_ratio
+
+  def g2(self, t):
+    return self.sigma(t)**2 * 2.0 * self.log_ratio
+
+
+def _bcast(v, x):
+  v = jnp.asarray(v, x.dtype)
+  if v.ndim == 0:
+    return v
+  return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _positive(mc, key, default):
+  v = float(mc.get(key, default))
+  if not v > 0:
+    raise ConfigError(f'method.{key} must be > 0, got {v}')
+  return v
+
+
+class Diffusion:
+  """VP / VE / EDM denoising diffusion (see module docstring)."""
+
+  def __init__(self, config, data_spec):
+    mc = config.method
+    self.config = config
+    self.spec = data_spec
+    self.data_shape = tuple(data_spec.shape)
+    self.formulation = mc.get('formulation', 'edm')
+    if self.formulation not in FORMULATIONS:
+      raise ConfigError(f'unknown method.formulation {self.formulation!r}; allowed: '
+                        + ', '.join(FORMULATIONS))
+    self.weighting = mc.get('weighting', 'default')
+    if self.weighting not in WEIGHTINGS:
+      raise ConfigError(f'unknown method.weighting {self.weighting!r}; allowed: '
+                        + ', '.join(WEIGHTINGS))
+    if self.weighting != 'default' and self.formulation == 'edm':
+      raise ConfigError("method.weighting='likelihood' is for vp/ve; edm uses its own "
+                        'lambda(sigma): leave weighting at default')
+    self.sigma_data = _positive(mc, 'sigma_data', 0.5)
+    self.p_mean = float(mc.get('p_mean', -1.2))
+    self.p_std = _positive(mc, 'p_std', 1.2)
+    self.t_eps = float(mc.get('t_eps', 1e-5))
+    self.sample_t_eps = float(mc.get('sample_t_eps', 1e-3))
+    for key in ('t_eps', 'sample_t_eps'):
+      if not 0.0 <= getattr(self, key) < 1.0:
+        raise ConfigError(f'method.{key} must be in [0, 1), got {getattr(self, key)}')
+    self.vp = VPSchedule(_positive(mc, 'beta_min', 0.1), _positive(mc, 'beta_max', 20.0))
+    self.ve = VESchedule(_positive(mc, 'sigma_min', 0.01), _positive(mc, 'sigma_max', 50.0))
+    if self.ve.sigma_min >= self.ve.sigma_max:
+      raise ConfigError(f'method.sigma_min must be below method.sigma_max, got '
+                        f'{self.ve.sigma_min} >= {self.ve.sigma_max}')
+    if self.vp.beta_min >= self.vp.beta_max:
+      raise ConfigError(f'method.beta_min must be below method.beta_max, got '
+                        f'{self.vp.beta_min} >= {self.vp.beta_max}')
+    self.edm_sigma_min = _positive(mc, 'edm_sigma_min', 0.002)
+    self.edm_sigma_max = _positive(mc, 'edm_sigma_max', 80.0)
+    self.rho = _positive(mc, 'rho', 7.0)
+    self.conditional = bool(mc.get('class_conditional', False))
+    if self.conditional and not data_spec.num_classes:
+      raise ConfigError(f'method.class_conditional needs labelled data; '
+                        f'data {data_spec.name!r} has no classes')
+    self.label_dropout = float(mc.get('label_dropout', 0.0))
+    if not 0.0 <= self.label_dropout <= 1.0:
+      raise ConfigError(f'method.label_dropout must be in [0, 1], got {self.label_dropout}')
+    num_classes = data_spec.num_classes if self.conditional else None
+    self.net = nets.build(config.net, data_shape=self.data_shape,
+                          out_dim_or_channels=self.data_shape[-1], num_classes=num_classes,
+                          data_name=data_spec.name)
+    num_steps = int(config.train.num_steps)
+    self.lr_schedule = optim.schedule(config.optim, num_steps)
+    self.tx = optim.build(config.optim, num_steps)
+    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
+    check_sampler(config.sampler.name)
+
+  # ---- the network in each formulation ----------------------------------------
+
+  def _net(self, params, x, cond, label, train=False, rngs=None):
+    cond = jnp.broadcast_to(jnp.asarray(cond, x.dtype).reshape(-1), (x.shape[0],))
+    return self.net.apply({'params': params}, x, cond, label=label, train=train,
+                          rngs=rngs or {})
+
+  def edm_denoiser(self, params, x, sigma, label=None, train=False, rngs=None):
+    """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) (sigma scalar or [B])."""
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
+    f = self._net(params, _bcast(c_in, x) * x, c_noise, label, train, rngs)
+    return _bcast(c_skip, x) * x + _bcast(c_out, x) * f
+
+  def eps_prediction(self, params, x_t, t, label=None, train=False, rngs=None):
+    """The vp / ve network's eps_hat(x_t, t) in the formulation's own frame."""
+    if self.formulation == 've':
+      scale = 1.0 / jnp.sqrt(1.0 + self.ve.sigma(t)**2)
+      x_t = _bcast(scale, x_t) * x_t
+    return self._net(params, x_t, t, label, train, rngs)
+
+  def denoise(self, params, x, sigma, label=None):
+    """VE-frame denoiser E[x0 | x0 + sigma eps = x] for any formulation (sigma scalar)."""
+    sigma = jnp.asarray(sigma, x.dtype)
+    if self.formulation == 'edm':
+      return self.edm_denoiser(params, x, sigma, label)
+    if self.formulation == 've':
+      t = self.ve.t_from_sigma(sigma)
+      return x - sigma * self.eps_prediction(params, x, t, label)
+    t = self.vp.t_from_sigma(sigma)
+    a = 1.0 / jnp.sqrt(1.0 + sigma**2)  # = a_t at this t
+    return x - sigma * self.eps_prediction(params, a * x, t, label)
+
+  def denoiser_fn(self, params, label=None, cfg_scale: float = 1.0):
+    """fn(x, sigma) -> D(x, sigma) in the VE frame (x = x0 + sigma eps, sigma scalar).
+
+    With a class-conditional model, `label` [B] picks the classes (None: the null
+    label) and cfg_scale != 1 applies classifier-free guidance.
+    """
+    if label is not None and not self.conditional:
+      raise ConfigError('denoiser_fn got a label, but this model is unconditional')
+    guided = self.conditional and label is not None and cfg_scale != 1.0
+
+    def denoiser(x, sigma):
+      d = self.denoise(params, x, sigma, label)
+      if guided:
+        d0 = self.denoise(params, x, sigma, jnp.full_like(label, self.spec.num_classes))
+        d = d0 + cfg_scale * (d - d0)
+      return d
+    return denoiser
+
+  # ---- training -----------------------------------------------------------------
+
+  def per_example_loss(self, params, x0, rng, label=None, train=True):
+    """(loss [B], sigma [B]): the formulation's weighted DSM loss per example."""
+    n = x0.shape[0]
+    k_noise, k_eps, k_net = jax.random.split(rng, 3)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    axes = tuple(range(1, x0.ndim))
+    rngs = {'dropout': k_net}
+    if self.formulation == 'edm':
+      sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(k_noise, (n,), x0.dtype))
+      d = self.edm_denoiser(params, x0 + _bcast(sigma, x0) * eps, sigma, label, train, rngs)
+      loss = edm_weight(sigma, self.sigma_data) * jnp.mean((d - x0)**2, axis=axes)
+      return loss, sigma
+    t = self.t_eps + (1.0 - self.t_eps) * jax.random.uniform(k_noise, (n,), x0.dtype)
+    if self.formulation == 'vp':
+      a, b = self.vp.a(t), self.vp.b(t)
+      x_t = _bcast(a, x0) * x0 + _bcast(b, x0) * eps
+      sigma, schedule = b / a, self.vp
+    else:
+      b = self.ve.sigma(t)
+      x_t = x0 + _bcast(b, x0) * eps
+      sigma, schedule = b, self.ve
+    eps_hat = self.eps_prediction(params, x_t, t, label, train, rngs)
+    loss = jnp.mean((eps_hat - eps)**2, axis=axes)
+    if self.weighting == 'likelihood':  # g^2 |s + eps / b|^2 = g^2 / b^2 |eps_hat - eps|^2
+      loss = loss * schedule.g2(t) / b**2
+    return loss, sigma
+
+  def loss(self, params, batch, rng, train=True):
+    x0 = batch['x']
+    k_drop, k_loss = jax.random.split(rng)
+    label = None
+    if self.conditional:
+      label = batch['label']
+      if self.label_dropout > 0:
+        drop = jax.random.bernoulli(k_drop, self.label_dropout, label.shape)
+        label = jnp.where(drop, self.spec.num_classes, label)
+    per_example, sigma = self.per_example_loss(params, x0, k_loss, label, train)
+    loss = jnp.mean(per_example)
+    log_sigma = jnp.log(sigma)
+    low = log_sigma < jnp.log(self.sigma_data)
+    metrics = {
+        'loss': loss,
+        # The loss split at sigma_data: where the denoising is hard vs nearly trivial.
+        'loss_low_sigma': jnp.sum(jnp.where(low, per_example, 0.0)) / jnp.maximum(jnp.sum(low), 1),
+        'loss_high_sigma': jnp.sum(jnp.where(low, 0.0, per_example))
+                           / jnp.maximum(jnp.sum(~low), 1),
+    }
+    return loss, metrics
+
+  # ---- the Method interface ------------------------------------------------------
+
+  def init(self, rng, batch) -> TrainState:
+    x = batch['x']
+    label = batch.get('label') if self.conditional else None
+    t = jnp.zeros((x.shape[0],), x.dtype)
+    params = self.net.init({'params': rng, 'dropout': rng}, x, t, label=label)['params']
+    return TrainState.create(params, self.tx, self.ema_decays)
+
+  def train_step(self, state, batch, rng):
+    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
+    state, norms = apply_gradients(state, grads, self.tx)
+    return state, {**metrics, **norms}
+
+  def sigma_grid(self, steps: int) -> np.ndarray:
+    """steps + 1 decreasing noise levels ending at 0 (float64, see module docstring)."""
+    steps = int(steps)
+    if self.formulation == 'edm':
+      return samplers.karras_sigmas(steps, self.edm_sigma_min, self.edm_sigma_max, self.rho)
+    if self.formulation == 'vp':
+      t = np.linspace(1.0, self.sample_t_eps, steps)
+      lb = -0.25 * t**2 * (self.vp.beta_max - self.vp.beta_min) - 0.5 * t * self.vp.beta_min
+      sig = np.sqrt(np.expm1(-2.0 * lb))
+    else:
+      t = np.linspace(1.0, 0.0, steps)
+      sig = self.ve.sigma_min * np.exp(t * self.ve.log_ratio)
+    return np.append(sig, 0.0)
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
+             **options):
+    """num samples: the named sampler on `sigma_grid(steps)` from x = sigma_0 z."""
+    sampler = sampler or self.config.sampler.name
+    steps = int(steps or self.config.sampler.steps)
+    params = state.eval_params(use_ema)
+    k_x, k_y, k_s = jax.random.split(rng, 3)
+    if self.conditional and label is None:
+      label = jax.random.randint(k_y, (num,), 0, self.spec.num_classes)
+    if not self.conditional:
+      label = None
+    sigmas = self.sigma_grid(steps)
+    x = float(sigmas[0]) * jax.random.normal(k_x, (num,) + self.data_shape)
+    fn = self.denoiser_fn(params, label, cfg_scale)
+    return sample_sigmas(sampler, fn, x, sigmas, k_s, **options)
+
+
+# ---- the sampler library's entry point ---------------------------------------------
+
+def check_sampler(name: str) -> None:
+  """ConfigError unless the sampler library knows `name` for sigma-grid sampling."""
+  check = getattr(samplers, 'check_sigma_sampler', None)
+  if check is not None:
+    check(name)
+  elif hasattr(samplers, 'sample_sigmas'):
+    samplers.check_name(name)
+  elif name not in ('euler', 'heun'):
+    raise ConfigError(f'unknown sampler name {name!r}; allowed: euler, heun')
+
+
+def sample_sigmas(name, denoiser, x, sigmas, rng, **options):
+  """x at sigma = 0 from the named sigma-grid sampler of gensuite.samplers."""
+  if hasattr(samplers, 'sample_sigmas'):
+    x, _ = samplers.sample_sigmas(name, denoiser, x, sigmas, rng, **options)
+    return x
+  check_sampler(name)
+  # The probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma on the same grid.
+  velocity = lambda x, sigma: (x - denoiser(x, sigma)) / sigma
+  ts = jnp.asarray(sigmas, x.dtype)
+  if name == 'heun':
+    return samplers.heun(velocity, x, ts, final_euler=True)
+  return samplers.euler(velocity, x, ts)
