@@ -75,7 +75,7 @@ def main():
   print('|---|---|---|---|---|---|')
   mean, std, x, ref = scores(mixture, lambda k, n: mixture.sample(k, n), args.num, args.seeds)
   print(fmt('data (null)', 0, mean, std), flush=True)
-  heun = jax.jit(lambda k, n=args.num: teacher.sample(jax.random.normal(k, (n, 2)), 80.0, 18))
+  heun = jax.jit(lambda k, n=args.num: teacher.sample(jax.random.normal(k, (n, 2)), 80.0, 18)[0])
   mean, std, x, ref = scores(mixture, lambda k, n: heun(k), args.num, args.seeds)
   print(fmt('teacher heun', 35, mean, std), flush=True)
   log_lib.save_png(os.path.join(args.workdir, 'teacher_heun35.png'),

@@ -44,7 +44,7 @@ in x0 is g / x0.size). Logged: every loss, h_mean / h_std (before the batch
 normalisation), r_mean, disc_acc, and at each eval the student's metrics with NFE.
 """
 import functools
-import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -386,7 +386,7 @@ class Distill:
   def make_pairs(self, rng):
     """(noise, teacher output) pairs from the teacher's deterministic Heun sampler."""
     z = jax.random.normal(rng, (self.num_pairs,) + self.data_shape, jnp.float32)
-    return z, self.teacher.sample(z, self.sigma_max, self.pair_steps)
+    return z, self.teacher.sample(z, self.sigma_max, self.pair_steps)[0]
 
   def init(self, rng, batch) -> TrainState:
     x = jnp.asarray(batch['x'], jnp.float32)
@@ -475,9 +475,16 @@ class Distill:
     return self.generate(params, z, k_sim, steps - 1)
 
   def evaluate(self, state, rng, data, workdir=None):
-    """NFE, and for a mixture teacher the nearest-mode mass error and modes covered."""
-    del data, workdir
+    """NFE, and for a mixture teacher the nearest-mode mass error and modes covered.
+
+    With DMD's paired data it also writes the pairs to workdir/dmd_pairs.npz once.
+    """
+    del data
     scalars = {'nfe': float(self.sample_steps)}
+    path = os.path.join(workdir, 'dmd_pairs.npz') if workdir else None
+    if self.reg_weight > 0 and path and not os.path.exists(path) and jax.process_index() == 0:
+      np.savez(path, noise=np.asarray(state.extra['pair_noise']),
+               target=np.asarray(state.extra['pair_target']))
     mixture = getattr(self.teacher, 'mixture', None)
     if mixture is not None:
       num = int(self.config.eval.num_samples)
