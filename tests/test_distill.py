@@ -316,7 +316,7 @@ def test_run_teacher_distills_a_diffusion_run(tmp_path):
   assert run.step == config.train.num_steps
   y = run.sample(jax.random.PRNGKey(1), 8, steps=1)
   assert y.shape == (8, 8, 8, 1) and np.all(np.isfinite(y))
-  first = run.method.init(jax.random.PRNGKey(0), {'x': jnp.zeros((16, 8, 8, 1))})
+  first = jax.jit(run.method.init)(jax.random.PRNGKey(0), {'x': jnp.zeros((16, 8, 8, 1))})
   for a, b in zip(jax.tree.leaves(first.params['generator']), jax.tree.leaves(teacher.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
