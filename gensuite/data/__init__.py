@@ -25,7 +25,7 @@ _DATA_SEED_TAG = 0x5EED
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   name: str
-  kind: str                      # 'toy' or 'image'
+  kind: str                      # 'toy', 'image' or 'latent'
   shape: tuple[int, ...]         # one example's shape
   num_classes: int | None = None
 
@@ -120,6 +120,9 @@ def build(data_config, *, seed: int, global_batch_size: int, process_index: int 
   if name in toy.NAMES:
     params = dict(data_config.get('params', {}) or {})
     return ToyData(name, toy.get(name, **params), **kw)
+  if name == 'latents':  # a trained VAE run's codes (gensuite/data/latents.py)
+    from gensuite.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.build(data_config, **kw)
   from gensuite.data import images  # pylint: disable=g-import-not-at-top
   if images.is_image_dataset_name(name):
     source = images.open_image_source(name, split=data_config.get('split', 'train'),

@@ -19,6 +19,8 @@ METHODS = {
     'flow_matching': 'gensuite.methods.flow_matching:FlowMatching',
     'distill': 'gensuite.methods.distill:Distill',
     'diffusion': 'gensuite.methods.diffusion:Diffusion',
+    'ebm': 'gensuite.methods.ebm:EBM',
+    'vae': 'gensuite.methods.vae:VAE',
 }
 
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gensuite import nets, samplers
+from gensuite.samplers import frames
 from gensuite.errors import ConfigError
 from gensuite.train import optim
 from gensuite.train.state import TrainState, apply_gradients
@@ -61,50 +62,15 @@ def edm_weight(sigma, sigma_data: float):
   return (sigma**2 + sigma_data**2) / (sigma * sigma_data)**2
 
 
-class VPSchedule:
-  """The VP SDE's linear beta(t) and its marginal a_t, b_t, and sigma = b_t / a_t."""
-
-  def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-    self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-
-  def log_a(self, t):
-    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-  def a(self, t):
-    return jnp.exp(self.log_a(t))
-
-  def b(self, t):
-    return jnp.sqrt(-jnp.expm1(2.0 * self.log_a(t)))
-
-  def sigma(self, t):
-    """b_t / a_t = sqrt(exp(-2 log a_t) - 1)."""
-    return jnp.sqrt(jnp.expm1(-2.0 * self.log_a(t)))
-
-  def t_from_sigma(self, sigma):
-    """Inverse of sigma(t): solves (bd/4) t^2 + (beta_min/2) t = ln(1 + sigma^2)/2."""
-    c = 0.5 * jnp.log1p(sigma**2)
-    bd = self.beta_max - self.beta_min
-    return (-0.5 * self.beta_min + jnp.sqrt(0.25 * self.beta_min**2 + bd * c)) / (0.5 * bd)
-
-  def g2(self, t):
-    return self.beta_min + t * (self.beta_max - self.beta_min)
+def _vp_g2(beta_min: float, beta_max: float):
+  """g(t)^2 = beta(t) of the VP SDE."""
+  return lambda t: beta_min + t * (beta_max - beta_min)
 
 
-class VESchedule:
-  """The VE SDE's geometric sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
-
-  def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-    self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-    self.log_ratio = math.log(self.sigma_max / self.sigma_min)
-
-  def sigma(self, t):
-    return self.sigma_min * jnp.exp(t * self.log_ratio)
-
-  def t_from_sigma(self, sigma):
-    return jnp.log(sigma / self.sigma_min) / self.log_ratio
-
-  def g2(self, t):
-    return self.sigma(t)**2 * 2.0 * self.log_ratio
+def _ve_g2(sigma_min: float, sigma_max: float):
+  """g(t)^2 = d sigma(t)^2 / dt of the VE SDE."""
+  log_ratio = math.log(sigma_max / sigma_min)
+  return lambda t: 2.0 * log_ratio * (sigma_min * jnp.exp(t * log_ratio))**2
 
 
 def _bcast(v, x):
@@ -148,14 +114,25 @@ class Diffusion:
     for key in ('t_eps', 'sample_t_eps'):
       if not 0.0 <= getattr(self, key) < 1.0:
         raise ConfigError(f'method.{key} must be in [0, 1), got {getattr(self, key)}')
-    self.vp = VPSchedule(_positive(mc, 'beta_min', 0.1), _positive(mc, 'beta_max', 20.0))
-    self.ve = VESchedule(_positive(mc, 'sigma_min', 0.01), _positive(mc, 'sigma_max', 50.0))
-    if self.ve.sigma_min >= self.ve.sigma_max:
+    self.beta_min = _positive(mc, 'beta_min', 0.1)
+    self.beta_max = _positive(mc, 'beta_max', 20.0)
+    self.sigma_min = _positive(mc, 'sigma_min', 0.01)
+    self.sigma_max = _positive(mc, 'sigma_max', 50.0)
+    if self.sigma_min >= self.sigma_max:
       raise ConfigError(f'method.sigma_min must be below method.sigma_max, got '
-                        f'{self.ve.sigma_min} >= {self.ve.sigma_max}')
-    if self.vp.beta_min >= self.vp.beta_max:
+                        f'{self.sigma_min} >= {self.sigma_max}')
+    if self.beta_min >= self.beta_max:
       raise ConfigError(f'method.beta_min must be below method.beta_max, got '
-                        f'{self.vp.beta_min} >= {self.vp.beta_max}')
+                        f'{self.beta_min} >= {self.beta_max}')
+    # The path x_t = a_t x0 + b_t eps and its VE noise level sigma = b_t / a_t.
+    if self.formulation == 'vp':
+      self.path = frames.vp(self.beta_min, self.beta_max)
+      self.g2 = _vp_g2(self.beta_min, self.beta_max)
+    elif self.formulation == 've':
+      self.path = frames.ve(self.sigma_min, self.sigma_max)
+      self.g2 = _ve_g2(self.sigma_min, self.sigma_max)
+    else:
+      self.path, self.g2 = frames.edm(), None
     self.edm_sigma_min = _positive(mc, 'edm_sigma_min', 0.002)
     self.edm_sigma_max = _positive(mc, 'edm_sigma_max', 80.0)
     self.rho = _positive(mc, 'rho', 7.0)
@@ -174,7 +151,7 @@ class Diffusion:
     self.lr_schedule = optim.schedule(config.optim, num_steps)
     self.tx = optim.build(config.optim, num_steps)
     self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
-    check_sampler(config.sampler.name)
+    samplers.check_name(config.sampler.name, allowed=samplers.SIGMA_SAMPLERS)
 
   # ---- the network in each formulation ----------------------------------------
 
@@ -192,7 +169,7 @@ class Diffusion:
   def eps_prediction(self, params, x_t, t, label=None, train=False, rngs=None):
     """The vp / ve network's eps_hat(x_t, t) in the formulation's own frame."""
     if self.formulation == 've':
-      scale = 1.0 / jnp.sqrt(1.0 + self.ve.sigma(t)**2)
+      scale = 1.0 / jnp.sqrt(1.0 + self.path.sigma(t)**2)
       x_t = _bcast(scale, x_t) * x_t
     return self._net(params, x_t, t, label, train, rngs)
 
@@ -201,12 +178,9 @@ class Diffusion:
     sigma = jnp.asarray(sigma, x.dtype)
     if self.formulation == 'edm':
       return self.edm_denoiser(params, x, sigma, label)
-    if self.formulation == 've':
-      t = self.ve.t_from_sigma(sigma)
-      return x - sigma * self.eps_prediction(params, x, t, label)
-    t = self.vp.t_from_sigma(sigma)
-    a = 1.0 / jnp.sqrt(1.0 + sigma**2)  # = a_t at this t
-    return x - sigma * self.eps_prediction(params, a * x, t, label)
+    # x_t = a_t x and eps_hat = (x_t - a_t D) / b_t, so D = x - sigma eps_hat.
+    t = self.path.t_of_sigma(sigma)
+    return x - sigma * self.eps_prediction(params, self.path.from_ve(x, t), t, label)
 
   def denoiser_fn(self, params, label=None, cfg_scale: float = 1.0):
     """fn(x, sigma) -> D(x, sigma) in the VE frame (x = x0 + sigma eps, sigma scalar).
@@ -241,18 +215,13 @@ class Diffusion:
       loss = edm_weight(sigma, self.sigma_data) * jnp.mean((d - x0)**2, axis=axes)
       return loss, sigma
     t = self.t_eps + (1.0 - self.t_eps) * jax.random.uniform(k_noise, (n,), x0.dtype)
-    if self.formulation == 'vp':
-      a, b = self.vp.a(t), self.vp.b(t)
-      x_t = _bcast(a, x0) * x0 + _bcast(b, x0) * eps
-      sigma, schedule = b / a, self.vp
-    else:
-      b = self.ve.sigma(t)
-      x_t = x0 + _bcast(b, x0) * eps
-      sigma, schedule = b, self.ve
+    a, b = self.path.a(t), self.path.b(t)
+    x_t = _bcast(a, x0) * x0 + _bcast(b, x0) * eps
     eps_hat = self.eps_prediction(params, x_t, t, label, train, rngs)
     loss = jnp.mean((eps_hat - eps)**2, axis=axes)
+    sigma = b / a
     if self.weighting == 'likelihood':  # g^2 |s + eps / b|^2 = g^2 / b^2 |eps_hat - eps|^2
-      loss = loss * schedule.g2(t) / b**2
+      loss = loss * self.g2(t) / b**2
     return loss, sigma
 
   def loss(self, params, batch, rng, train=True):
@@ -293,22 +262,20 @@ class Diffusion:
 
   def sigma_grid(self, steps: int) -> np.ndarray:
     """steps + 1 decreasing noise levels ending at 0 (float64, see module docstring)."""
-    steps = int(steps)
     if self.formulation == 'edm':
-      return samplers.karras_sigmas(steps, self.edm_sigma_min, self.edm_sigma_max, self.rho)
+      return samplers.karras_sigmas(int(steps), self.edm_sigma_min, self.edm_sigma_max,
+                                    self.rho)
     if self.formulation == 'vp':
-      t = np.linspace(1.0, self.sample_t_eps, steps)
-      lb = -0.25 * t**2 * (self.vp.beta_max - self.vp.beta_min) - 0.5 * t * self.vp.beta_min
-      sig = np.sqrt(np.expm1(-2.0 * lb))
-    else:
-      t = np.linspace(1.0, 0.0, steps)
-      sig = self.ve.sigma_min * np.exp(t * self.ve.log_ratio)
-    return np.append(sig, 0.0)
+      return samplers.vp_sigmas(int(steps), self.sample_t_eps, self.beta_min, self.beta_max)
+    return samplers.ve_sigmas(int(steps), self.sigma_min, self.sigma_max)
 
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
              **options):
-    """num samples: the named sampler on `sigma_grid(steps)` from x = sigma_0 z."""
+    """num samples: the named sampler on `sigma_grid(steps)` from x = sigma_0 z.
+
+    Sampler options (eta, s_churn, snr, ...) come from config.sampler, then `options`.
+    """
     sampler = sampler or self.config.sampler.name
     steps = int(steps or self.config.sampler.steps)
     params = state.eval_params(use_ema)
@@ -320,31 +287,8 @@ class Diffusion:
     sigmas = self.sigma_grid(steps)
     x = float(sigmas[0]) * jax.random.normal(k_x, (num,) + self.data_shape)
     fn = self.denoiser_fn(params, label, cfg_scale)
-    return sample_sigmas(sampler, fn, x, sigmas, k_s, **options)
-
-
-# ---- the sampler library's entry point ---------------------------------------------
-
-def check_sampler(name: str) -> None:
-  """ConfigError unless the sampler library knows `name` for sigma-grid sampling."""
-  check = getattr(samplers, 'check_sigma_sampler', None)
-  if check is not None:
-    check(name)
-  elif hasattr(samplers, 'sample_sigmas'):
-    samplers.check_name(name)
-  elif name not in ('euler', 'heun'):
-    raise ConfigError(f'unknown sampler name {name!r}; allowed: euler, heun')
-
-
-def sample_sigmas(name, denoiser, x, sigmas, rng, **options):
-  """x at sigma = 0 from the named sigma-grid sampler of gensuite.samplers."""
-  if hasattr(samplers, 'sample_sigmas'):
-    x, _ = samplers.sample_sigmas(name, denoiser, x, sigmas, rng, **options)
+    options = samplers.options_from_config(sampler, self.config.sampler, **options)
+    x, _ = samplers.sample_sigmas(sampler, fn, x, sigmas, k_s, **options)
     return x
-  check_sampler(name)
-  # The probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma on the same grid.
-  velocity = lambda x, sigma: (x - denoiser(x, sigma)) / sigma
-  ts = jnp.asarray(sigmas, x.dtype)
-  if name == 'heun':
-    return samplers.heun(velocity, x, ts, final_euler=True)
-  return samplers.euler(velocity, x, ts)
+
+

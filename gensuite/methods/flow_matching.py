@@ -293,7 +293,7 @@ class FlowMatching:
     path has sigma_min > 0, when it ends there instead of at 0): `steps` steps."""
     with jax.ensure_compile_time_eval():  # a constant, also when traced under jit
       sigma_end = float(self.frame().sigma(1.0))
-    if sigma_end <= 0.0:
+    if sigma_end <= 1e-6:  # 0 up to round-off (the cosine path gives ~4e-8 in float32)
       return samplers.karras_sigmas(steps, 0.002, sigma_max, rho)
     return samplers.karras_sigmas(steps + 1, sigma_end, sigma_max, rho, append_zero=False)
 

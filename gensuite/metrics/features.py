@@ -30,6 +30,7 @@ Standard FID (Inception-v3 pool3) needs the network's weights as a local file; s
 import dataclasses
 import os
 import tempfile
+import warnings
 
 import flax.linen as nn
 import jax
@@ -190,10 +191,14 @@ def frechet_distance(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
   """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}) (float64, scipy sqrtm)."""
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
-  covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-  if not np.all(np.isfinite(covmean)):
-    offset = eps * np.eye(cov1.shape[0])
-    covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+  with warnings.catch_warnings():
+    # Rank-deficient covariances (dead features) are fine: sqrtm's result stays
+    # accurate on the range; a non-finite one is retried with eps I added.
+    warnings.simplefilter('ignore', scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
+    if not np.all(np.isfinite(covmean)):
+      offset = eps * np.eye(cov1.shape[0])
+      covmean = scipy.linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
   covmean = np.real(covmean)
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))

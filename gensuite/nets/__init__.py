@@ -20,6 +20,7 @@ import jax
 
 from gensuite.errors import ConfigError, lookup
 from gensuite.nets.embeddings import sinusoidal_embedding
+from gensuite.nets.energy import EnergyConv, EnergyMLP, GMMEnergy
 from gensuite.nets.mlp import TimeMLP
 from gensuite.nets.unet import UNet
 
@@ -33,6 +34,10 @@ _OUT_FIELD = {'mlp': 'out_dim', 'unet': 'out_channels'}
 _DATA_RANK = {'mlp': 1, 'unet': 3}
 _DATA_KIND = {1: 'vector data [D]', 3: 'image data [H, W, C]'}
 _SUGGEST = {1: 'mlp', 3: 'unet'}
+# Energy nets U(x) -> [B] (gensuite.nets.energy); the out field is the data's last axis.
+NETS.update({'energy_mlp': EnergyMLP, 'energy_conv': EnergyConv, 'gmm_energy': GMMEnergy})
+_OUT_FIELD.update({'energy_mlp': 'data_dim', 'energy_conv': 'data_dim', 'gmm_energy': 'data_dim'})
+_DATA_RANK.update({'energy_mlp': 1, 'energy_conv': 3, 'gmm_energy': 1})
 # Set by build from the data, never from the net section.
 _RESERVED = ('parent', 'name', 'num_classes')
 

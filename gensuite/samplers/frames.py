@@ -129,7 +129,7 @@ def ve(sigma_min: float = VE_SIGMA_MIN, sigma_max: float = VE_SIGMA_MAX) -> Gaus
   if not 0.0 < sigma_min < sigma_max:
     raise ConfigError(f've path needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}')
   log_ratio = math.log(sigma_max / sigma_min)
-  a = lambda t: jnp.ones_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+  a = lambda t: jnp.ones_like(jnp.asarray(t, jnp.result_type(float)))
   b = lambda t: sigma_min * jnp.exp(t * log_ratio)
   t_of_sigma = lambda sigma: jnp.log(jnp.asarray(sigma) / sigma_min) / log_ratio
   return GaussianPath('ve', a, b, t_of_sigma, (0.0, 1.0))
@@ -137,7 +137,7 @@ def ve(sigma_min: float = VE_SIGMA_MIN, sigma_max: float = VE_SIGMA_MAX) -> Gaus
 
 def edm() -> GaussianPath:
   """EDM: t is sigma itself (a = 1, b = t)."""
-  a = lambda t: jnp.ones_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+  a = lambda t: jnp.ones_like(jnp.asarray(t, jnp.result_type(float)))
   b = lambda t: jnp.asarray(t)
   return GaussianPath('edm', a, b, lambda sigma: jnp.asarray(sigma), (0.0, math.inf))
 

@@ -125,7 +125,9 @@ def edm_stochastic(denoiser_fn: DenoiserFn, x: jax.Array, sigmas, rng, s_churn: 
     gamma = jnp.where((s >= s_min) & (s <= s_max), gamma_max, 0.0).astype(x.dtype)
     s_hat = s * (1.0 + gamma)
     z = jax.random.normal(key, x.shape, x.dtype)
-    return x + jnp.sqrt(s_hat**2 - s**2) * s_noise * z, s_hat
+    # sqrt(s_hat^2 - s^2) written so that gamma = 0 gives exactly 0 (a fused
+    # s_hat * s_hat - s * s can round below 0 and its sqrt to NaN).
+    return x + s * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z, s_hat
 
   def step(x, s, sn, key):
     x_hat, s_hat = churn(x, s, key)

@@ -86,14 +86,20 @@ class Experiment:
     return jax.tree.map(lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), self.repl),
                         shapes)
 
-  def sample(self, state, rng, num: int, **kw) -> np.ndarray:
-    """num samples on the host, drawn with the batch split over all devices."""
+  def sample(self, state, rng, num: int, decode: bool = True, **kw) -> np.ndarray:
+    """num samples on the host, drawn with the batch split over all devices.
+
+    Data that define `decode` (codes of another model, e.g. 'latents') map the
+    method's samples back to data space unless decode=False.
+    """
     padded = int(math.ceil(num / self.mesh.size) * self.mesh.size)
     key = (padded, tuple(sorted(kw.items())))
     if key not in self._samplers:
       fn = lambda s, r: self.method.sample(s, r, padded, **kw)
       self._samplers[key] = jax.jit(fn, out_shardings=self.batch_sharding)
-    return parallel.to_host(self._samplers[key](state, rng))[:num]
+    x = parallel.to_host(self._samplers[key](state, rng))[:num]
+    data_decode = getattr(self.data, 'decode', None)
+    return data_decode(x) if decode and data_decode is not None else x
 
 
 def build_experiment(config) -> Experiment:
@@ -148,7 +154,7 @@ def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | N
 
 
 def _picture(exp, samples, reference, step):
-  if exp.data.spec.kind == 'image':
+  if exp.data.spec.kind == 'image' or samples.ndim == 4:  # 4: decoded latents
     return log_lib.image_grid(samples[:64])
   if samples.shape[-1] >= 2:
     return log_lib.scatter_plot(samples[:, :2], reference[:, :2], title=f'step {step}')

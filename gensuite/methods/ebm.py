@@ -1,0 +1,282 @@
+"""Energy-based models trained with Jarzynski-weighted Langevin walkers; CD / PCD baselines.
+
+  config.method = dict(name='ebm', estimator='jarzynski', num_walkers=10000, step_size=0.1,
+                       resampler='systematic', resample_threshold=0.5)
+  method = EBM(config, data_spec)
+  state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
+  x = method.sample(state, rng, 1000, sampler='mala', steps=100)
+
+Model rho_theta = exp(-U_theta) / Z_theta, trained on the cross-entropy
+H(theta) = E_data[U_theta] + log Z_theta, whose gradient is
+E_data[d_theta U] - E_rho[d_theta U] (ALGORITHMS.md §6; Carbone et al., arXiv 2305.19414).
+A population of N walkers X with log-weights A lives in `state.extra`, starting as
+exact samples of the initial model (see gensuite.nets.energy) with A = 0. One step:
+  1. g = mean_data d_theta U(x) - sum_i softmax(A)_i d_theta U(X_i)
+  2. theta' = optimizer(theta, g)
+  3. X' = X - h grad U_theta(X) + sqrt(2h) z, and A' = A - a_theta'(X', X) + a_theta(X, X')
+     (the exact Jarzynski increment, gensuite.samplers.smc.jarzynski_ula_move); any
+     further ULA steps of the same update use theta' on both sides (the MH-ratio form).
+  4. if ESS / N < resample_threshold: resample X, add log mean e^A to the log Z offset,
+     set A = 0.
+log Z_theta ~ log Z_0 + offset + log mean e^A, so the cross-entropy estimate
+mean_data U + log Z is logged every step.
+
+Estimators (`method.estimator`):
+  jarzynski       the weighted scheme above.
+  ula_unweighted  the same persistent walkers and moves, weights held at zero.
+  pcd             persistent walkers moved `ula_steps` steps before the gradient
+                  (persistent contrastive divergence).
+  cd              walkers restarted from the data batch every step and moved `cd_steps`
+                  ULA steps (CD-k).
+`param_lr_scale` multiplies the gradient of top-level parameters by name (with sgd this
+is a per-parameter learning rate: the paper's GMM uses 0.2 for the means).
+Walkers are replicated across devices; only the data term is split over them.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gensuite import nets
+from gensuite.errors import ConfigError, lookup
+from gensuite.samplers import langevin, smc
+from gensuite.train import optim
+from gensuite.train.state import TrainState, apply_gradients
+
+ESTIMATORS = ('jarzynski', 'ula_unweighted', 'pcd', 'cd')
+ENERGY_NETS = ('energy_mlp', 'energy_conv', 'gmm_energy')
+SAMPLERS = ('ula', 'mala')
+
+
+def _positive(what, value, integer=False):
+  ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+  if integer:
+    ok = ok and float(value) == int(value)
+  if not ok or value <= 0 or not math.isfinite(float(value)):
+    kind = 'a positive integer' if integer else 'a positive number'
+    raise ConfigError(f'{what} must be {kind}, got {value!r}')
+  return int(value) if integer else float(value)
+
+
+class EBM:
+  """Energy-based model family (see module docstring)."""
+
+  def __init__(self, config, data_spec):
+    mc = config.method
+    self.config = config
+    self.spec = data_spec
+    self.data_shape = tuple(data_spec.shape)
+    self.estimator = mc.get('estimator', 'jarzynski')
+    if self.estimator not in ESTIMATORS:
+      raise ConfigError(f'unknown method.estimator {self.estimator!r}; allowed: '
+                        + ', '.join(ESTIMATORS))
+    self.num_walkers = _positive('method.num_walkers', mc.get('num_walkers', 1000), True)
+    self.step_size = _positive('method.step_size', mc.get('step_size', 0.1))
+    self.ula_steps = _positive('method.ula_steps', mc.get('ula_steps', 1), True)
+    self.cd_steps = _positive('method.cd_steps', mc.get('cd_steps', 1), True)
+    self.resampler = mc.get('resampler', 'systematic')
+    lookup('resampler', self.resampler, smc.RESAMPLERS)
+    self.resample_threshold = float(mc.get('resample_threshold', 0.5))
+    if not 0.0 <= self.resample_threshold <= 1.0:
+      raise ConfigError('method.resample_threshold (resample when ESS/N falls below it) '
+                        f'must be in [0, 1], got {self.resample_threshold}')
+    self.energy_reg = float(mc.get('energy_reg', 0.0))
+    if self.energy_reg < 0:
+      raise ConfigError(f'method.energy_reg must be >= 0, got {self.energy_reg}')
+    self.param_lr_scale = dict(mc.get('param_lr_scale', {}) or {})
+    for name, v in self.param_lr_scale.items():
+      _positive(f'method.param_lr_scale[{name!r}]', v)
+    if config.net.name not in ENERGY_NETS:
+      raise ConfigError(f'method ebm needs an energy net; net.name {config.net.name!r} is '
+                        f'not one of: {", ".join(ENERGY_NETS)}')
+    net = nets.build(config.net, data_shape=self.data_shape,
+                     out_dim_or_channels=self.data_shape[-1], num_classes=None,
+                     data_name=data_spec.name)
+    if config.net.name == 'energy_conv':
+      net = net.clone(image_size=self.data_shape[:2])
+    self.net = net
+    self.is_gmm = config.net.name == 'gmm_energy'
+    if config.sampler.name not in SAMPLERS:
+      raise ConfigError(f'method ebm samples with sampler.name in {", ".join(SAMPLERS)}; '
+                        f'got {config.sampler.name!r}')
+    self.sample_step_size = _positive('sampler.step_size',
+                                      config.sampler.get('step_size', self.step_size))
+    num_steps = int(config.train.num_steps)
+    self.lr_schedule = optim.schedule(config.optim, num_steps)
+    self.tx = optim.build(config.optim, num_steps)
+    self.ema_decays = tuple(config.optim.get('ema_decays', ()))
+
+  # ---- pieces ------------------------------------------------------------------
+
+  def energy_fn(self, params):
+    return lambda x: self.net.apply({'params': params}, x)
+
+  def initial_log_partition(self, params) -> jax.Array:
+    """log Z of the initial model, exactly (a mixture, or N(0, prior_std^2 I))."""
+    if self.is_gmm:
+      return self.net.apply({'params': params}, method='log_partition')
+    d = float(np.prod(self.data_shape))
+    s = float(self.net.prior_std)
+    return jnp.asarray(0.5 * d * math.log(2.0 * math.pi * s * s), jnp.float32)
+
+  def _scale_grads(self, grads):
+    if not self.param_lr_scale:
+      return grads
+    unknown = sorted(set(self.param_lr_scale) - set(grads))
+    if unknown:
+      raise ConfigError(f'method.param_lr_scale names unknown parameters {unknown}; the '
+                        f'net has: {", ".join(sorted(grads))}')
+    return {k: jax.tree.map(lambda g, s=float(self.param_lr_scale.get(k, 1.0)): g * s, v)
+            for k, v in grads.items()}
+
+  def _ula(self, params, x, rng, steps):
+    x, _ = langevin.ula(None, x, rng, self.step_size, steps, energy_fn=self.energy_fn(params))
+    return x
+
+  def loss(self, params, data_x, walkers, log_weights):
+    """mean_data U - sum_i p_i U(X_i) (+ energy_reg (E_data U^2 + E_p U^2)).
+
+    Its gradient is the cross-entropy gradient estimate; p = softmax(A) is constant.
+    """
+    energy = self.energy_fn(params)
+    u_data = energy(data_x)
+    u_walk = energy(walkers)
+    p = jax.lax.stop_gradient(smc.normalized_weights(log_weights))
+    data_term = jnp.mean(u_data)
+    walker_term = jnp.sum(p * u_walk)
+    loss = data_term - walker_term
+    if self.energy_reg > 0:
+      loss = loss + self.energy_reg * (jnp.mean(u_data**2) + jnp.sum(p * u_walk**2))
+    return loss, {'data_energy': data_term, 'walker_energy': walker_term}
+
+  # ---- the Method interface ----------------------------------------------------
+
+  def init(self, rng, batch) -> TrainState:
+    k_params, k_walkers = jax.random.split(rng)
+    params = self.net.init(k_params, jnp.asarray(batch['x'][:1]))['params']
+    walkers = self.net.apply({'params': params}, k_walkers, self.num_walkers,
+                             method='sample_init')
+    dtype = walkers.dtype
+    extra = {
+        'walkers': walkers,
+        'log_weights': jnp.zeros((self.num_walkers,), dtype),
+        'log_z0': jnp.asarray(self.initial_log_partition(params), dtype),
+        'log_z_offset': jnp.zeros((), dtype),
+        'num_resamples': jnp.zeros((), jnp.int32),
+    }
+    return TrainState.create(params, self.tx, self.ema_decays, extra=extra)
+
+  def train_step(self, state, batch, rng):
+    ex = state.extra
+    params = state.params
+    k_pre, k_move, k_more, k_res = jax.random.split(rng, 4)
+    walkers, log_weights = ex['walkers'], ex['log_weights']
+    data_x = batch['x']
+    if self.estimator == 'cd':
+      idx = jnp.arange(self.num_walkers) % data_x.shape[0]
+      walkers = self._ula(params, data_x[idx].astype(walkers.dtype), k_pre, self.cd_steps)
+    elif self.estimator == 'pcd':
+      walkers = self._ula(params, walkers, k_pre, self.ula_steps)
+    log_z = ex['log_z0'] + ex['log_z_offset'] + smc.log_mean_weight(log_weights)
+    grads, terms = jax.grad(self.loss, has_aux=True)(params, data_x, walkers, log_weights)
+    new_state, norms = apply_gradients(state, self._scale_grads(grads), self.tx)
+    new_params = new_state.params
+    n = self.num_walkers
+    metrics = {
+        'loss': terms['data_energy'] - terms['walker_energy'],
+        **terms,
+        'log_z': log_z,
+        'cross_entropy': terms['data_energy'] + log_z,
+        'ess': smc.ess(log_weights) / n,
+    }
+    if self.estimator in ('jarzynski', 'ula_unweighted'):
+      if self.estimator == 'jarzynski':
+        walkers, delta, _ = smc.jarzynski_ula_move(
+            self.energy_fn(params), self.energy_fn(new_params), walkers, k_move,
+            self.step_size)
+        log_weights = log_weights + delta
+        if self.ula_steps > 1:
+          same = self.energy_fn(new_params)
+
+          def more(carry, key):
+            x, a = carry
+            x, d, _ = smc.jarzynski_ula_move(same, same, x, key, self.step_size)
+            return (x, a + d), None
+
+          (walkers, log_weights), _ = jax.lax.scan(
+              more, (walkers, log_weights), jax.random.split(k_more, self.ula_steps - 1))
+      else:
+        walkers = self._ula(params, walkers, k_move, 1)
+        if self.ula_steps > 1:
+          walkers = self._ula(new_params, walkers, k_more, self.ula_steps - 1)
+    offset, num_resamples = ex['log_z_offset'], ex['num_resamples']
+    resampled = jnp.zeros((), jnp.bool_)
+    if self.estimator == 'jarzynski' and self.resample_threshold > 0:
+      resampled = smc.ess(log_weights) < self.resample_threshold * n
+      idx = smc.resample(self.resampler, k_res, log_weights)
+      walkers = jnp.where(resampled, walkers[idx], walkers)
+      offset = jnp.where(resampled, offset + smc.log_mean_weight(log_weights), offset)
+      log_weights = jnp.where(resampled, jnp.zeros_like(log_weights), log_weights)
+      num_resamples = num_resamples + resampled.astype(jnp.int32)
+    metrics['resampled'] = resampled.astype(jnp.float32)
+    metrics['num_resamples'] = num_resamples.astype(jnp.float32)
+    if self.is_gmm:
+      w = self.net.apply({'params': params}, method='weights')
+      for m in range(w.shape[0]):
+        metrics[f'weight_{m}'] = w[m]
+      metrics['exact_log_z'] = self.net.apply({'params': params}, method='log_partition')
+    extra = dict(ex, walkers=walkers, log_weights=log_weights, log_z_offset=offset,
+                 num_resamples=num_resamples)
+    return new_state.replace(extra=extra), {**metrics, **norms}
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=False, step_size: float | None = None):
+    """num draws: walkers picked by their weights, then `steps` ULA or MALA steps."""
+    sampler = sampler or self.config.sampler.name
+    if sampler not in SAMPLERS:
+      raise ConfigError(f'ebm samples with one of {", ".join(SAMPLERS)}; got {sampler!r}')
+    steps = int(self.config.sampler.steps if steps is None else steps)
+    h = float(step_size or self.sample_step_size)
+    params = state.eval_params(use_ema)
+    k_pick, k_run = jax.random.split(rng)
+    idx = jax.random.categorical(k_pick, state.extra['log_weights'], shape=(num,))
+    x = state.extra['walkers'][idx]
+    energy = self.energy_fn(params)
+    if sampler == 'mala':
+      x, _ = langevin.mala(energy, x, k_run, h, steps)
+    else:
+      x, _ = langevin.ula(None, x, k_run, h, steps, energy_fn=energy)
+    return x
+
+  def exact_cross_entropy(self, params, data_x) -> jax.Array:
+    """mean_data U + log Z with the exact log Z (GMM energy only)."""
+    u = self.energy_fn(params)(data_x)
+    return jnp.mean(u) + self.net.apply({'params': params}, method='log_partition')
+
+  def evaluate(self, state, rng, data, workdir=None):
+    """Extra eval scalars: the log Z / cross-entropy estimates, exact ones for the GMM."""
+    del workdir
+    ex = jax.device_get(state.extra)
+    log_z = float(ex['log_z0'] + ex['log_z_offset'] + smc.log_mean_weight(ex['log_weights']))
+    scalars = {'log_z_estimate': log_z, 'ess': float(smc.ess(ex['log_weights'])) /
+               self.num_walkers}
+    if self.is_gmm:
+      params = jax.device_get(state.params)
+      ref = jnp.asarray(data.reference(rng, 10000))
+      scalars['exact_cross_entropy'] = float(self.exact_cross_entropy(params, ref))
+      scalars['exact_log_z'] = float(self.net.apply({'params': params},
+                                                    method='log_partition'))
+      scalars['estimated_cross_entropy'] = float(jnp.mean(self.energy_fn(params)(ref))) + log_z
+    elif self.data_shape == (2,):
+      params = jax.device_get(state.params)
+      scalars['grid_log_z'] = float(self.grid_log_partition(params))
+    return scalars, {}
+
+  def grid_log_partition(self, params, half_width: float = 12.0, n: int = 481) -> jax.Array:
+    """log Z of a 2-D energy by the rectangle rule on [-w, w]^2 (n x n points)."""
+    g = jnp.linspace(-half_width, half_width, n)
+    xx, yy = jnp.meshgrid(g, g)
+    pts = jnp.stack([xx.ravel(), yy.ravel()], 1).reshape(n, n, 2)
+    u = jax.lax.map(self.energy_fn(params), pts)
+    return jax.scipy.special.logsumexp(-u) + 2.0 * jnp.log(g[1] - g[0])
