@@ -17,6 +17,7 @@ from gensuite.errors import lookup
 # name -> 'module:Class', imported on use so one family's imports never slow another's.
 METHODS = {
     'flow_matching': 'gensuite.methods.flow_matching:FlowMatching',
+    'distill': 'gensuite.methods.distill:Distill',
     'diffusion': 'gensuite.methods.diffusion:Diffusion',
     'ebm': 'gensuite.methods.ebm:EBM',
     'vae': 'gensuite.methods.vae:VAE',

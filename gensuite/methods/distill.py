@@ -1,0 +1,494 @@
+"""Score distillation into one- (or few-) step generators: f-distill, DMD and DMD2.
+
+  config.method = dict(name='distill', objective='f_distill', divergence='js', ...)
+  config.teacher = dict(analytic='data')          # or workdir='runs/edm_digits'
+  method = Distill(config, data_spec)
+  state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
+  x = method.sample(state, rng, 2000, steps=1)    # one NFE
+
+Three networks live in one TrainState: params = {'generator', 'fake_score',
+'discriminator'} (the last only with a separate discriminator), one optax transform
+each (config.optim, with per-net learning rates config.method.lr_<net> when > 0),
+and an EMA of the generator only (state.ema[decay] = {'generator': ...}).
+
+The generator is a denoiser G(x, sigma) (ALGORITHMS.md §0, VE frame): one step is
+x0 = G(sigma_max z, sigma_max); with method.gen_steps = K > 1 it is DMD2's few-step
+generator on the levels sigma_k of the 1000-level Karras grid at indices
+k * 1000 / K, re-noising x0 + sigma_{k+1} eps between steps, and training uses
+backward simulation (a step k drawn per batch, its input produced by the current
+generator from pure noise). With an analytic teacher the networks are config.net
+MLPs under EDM preconditioning; with a run teacher, generator and fake score are the
+teacher's own network initialised from its EMA weights (as in the papers).
+
+Each train_step runs `fake_updates` updates of the fake score (denoising score
+matching on detached generator samples, EDM weight 1/sigma^2 + 1/sigma_data^2) and
+the discriminator (logistic loss on noisy data vs noisy generator samples) inside one
+lax.scan, then one generator update. Objectives (method.objective):
+  f_distill  generator gradient per sample g = h(r) (D_fake - D_real) / mean|x0 - D_real|
+             at x_t = x0 + sigma eps, sigma on the Karras grid between t_range (2%..98%
+             of the levels), h(r) = r^2 f''(r) of method.divergence (divergences.py),
+             r = exp(logit) of the discriminator, clamped to +-logit_clamp, clipped to
+             ratio_clip, divided by a per-time-bin running mean (ratio_bins,
+             ratio_ema; E_q r = 1) and h divided by its batch mean; plus
+             gan_weight * softplus(-logit) (Xu et al. 2025; FastGen's defaults).
+  dmd        h = 1 (reverse KL), no discriminator, plus reg_weight * squared error
+             between G(z_ref) and y_ref on (noise, teacher output) pairs made once in
+             init by the teacher's deterministic Heun sampler (pair_steps levels,
+             2 pair_steps - 1 NFE) and kept in state.extra (so in the checkpoints of
+             the workdir); Yin et al. 2024 use LPIPS, which needs weights we do not have.
+  dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), GAN head on
+             the fake-score network (disc_head='fake_score': one extra output channel
+             of its last layer, averaged over pixels) and optional backward simulation.
+The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
+in x0 is g / x0.size). Logged: every loss, h_mean / h_std (before the batch
+normalisation), r_mean, disc_acc, and at each eval the student's metrics with NFE.
+"""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from gensuite import nets, samplers
+from gensuite.errors import ConfigError
+from gensuite.methods import divergences, teachers
+from gensuite.train import optim
+from gensuite.train.state import TrainState, ema_name
+
+OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
+DISC_HEADS = ('separate', 'fake_score', 'none')
+_DEFAULTS = {  # per objective: fake_updates, disc_head, gan_weight, reg_weight
+    'f_distill': dict(fake_updates=4, disc_head='separate', gan_weight=3e-3, reg_weight=0.0),
+    'dmd': dict(fake_updates=1, disc_head='none', gan_weight=0.0, reg_weight=0.25),
+    'dmd2': dict(fake_updates=5, disc_head='fake_score', gan_weight=3e-3, reg_weight=0.0),
+}
+NETS = ('generator', 'fake_score', 'discriminator')
+
+
+def _bcast(v, x):
+  return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
+
+
+def _mean_dims(x):
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def edm_precond(sigma, sigma_data):
+  """c_skip, c_out, c_in, c_noise of Karras et al. 2022 (ALGORITHMS.md §1.2)."""
+  s2, d2 = sigma**2, sigma_data**2
+  return d2 / (s2 + d2), sigma * sigma_data / jnp.sqrt(s2 + d2), 1.0 / jnp.sqrt(s2 + d2), \
+      jnp.log(sigma) / 4.0
+
+
+def pseudo_loss(x0, g):
+  """0.5 mean (x0 - sg(x0 - g))^2: its gradient in x0 is g / x0.size."""
+  return 0.5 * jnp.mean((x0 - jax.lax.stop_gradient(x0 - g))**2)
+
+
+def mode_statistics(x, means, weights, stds):
+  """How a sample set x [n, d] spreads over the modes of a Gaussian mixture.
+
+  Returns (tv, covered, mass): mass[k] is the fraction of samples whose nearest mean
+  is mode k, tv = 0.5 sum_k |mass_k - weight_k| (total variation to the weights), and
+  a mode is covered when at least 10% of its expected count, 0.1 n weight_k, lies
+  within 3 component stds (root-mean-square over dims) of its mean.
+  """
+  x, means = np.asarray(x, np.float64), np.asarray(means, np.float64)
+  weights = np.asarray(weights, np.float64)
+  radius = 3.0 * np.sqrt(np.mean(np.asarray(stds, np.float64)**2, axis=-1))
+  dist = np.sqrt(((x[:, None, :] - means[None])**2).sum(-1))  # [n, K]
+  mass = np.bincount(np.argmin(dist, axis=1), minlength=len(means)) / len(x)
+  tv = 0.5 * np.abs(mass - weights).sum()
+  near = np.sum(dist <= radius[None, :], axis=0)
+  covered = int(np.sum(near >= 0.1 * len(x) * weights))
+  return float(tv), covered, mass
+
+
+class Distill:
+  """f-distill / DMD / DMD2 (see module docstring)."""
+
+  def __init__(self, config, data_spec):
+    mc = config.method
+    self.config = config
+    self.spec = data_spec
+    self.data_shape = tuple(data_spec.shape)
+    self.objective = mc.get('objective', 'f_distill')
+    if self.objective not in OBJECTIVES:
+      raise ConfigError(f'unknown method.objective {self.objective!r}; allowed: '
+                        + ', '.join(OBJECTIVES))
+    defaults = _DEFAULTS[self.objective]
+
+    def get(key):
+      value = mc.get(key, None)
+      return defaults[key] if value is None else value
+
+    self.divergence = mc.get('divergence', 'reverse_kl')
+    self.alpha = float(mc.get('alpha', 0.5))
+    divergences.check_name(self.divergence, self.alpha)
+    if self.objective != 'f_distill' and self.divergence != 'reverse_kl':
+      raise ConfigError(f'method.objective={self.objective!r} minimises reverse KL; '
+                        f"got method.divergence={self.divergence!r} (use objective "
+                        "'f_distill' for other divergences)")
+    self.h_fn = divergences.weight_fn(self.divergence, self.alpha)
+    self.fake_updates = int(get('fake_updates'))
+    if self.fake_updates < 1:
+      raise ConfigError(f'method.fake_updates must be >= 1, got {self.fake_updates}')
+    self.disc_head = get('disc_head')
+    if self.disc_head not in DISC_HEADS:
+      raise ConfigError(f'unknown method.disc_head {self.disc_head!r}; allowed: '
+                        + ', '.join(DISC_HEADS))
+    if self.objective == 'f_distill' and self.disc_head == 'none':
+      raise ConfigError("method.objective='f_distill' estimates r with a discriminator; "
+                        "method.disc_head must be 'separate' or 'fake_score'")
+    self.gan_weight = float(get('gan_weight'))
+    self.disc_weight = float(mc.get('disc_weight', 1.0 if self.disc_head == 'separate'
+                                    else 1e-2))
+    self.reg_weight = float(get('reg_weight'))
+    if self.reg_weight > 0 and self.objective != 'dmd':
+      raise ConfigError("method.reg_weight > 0 (paired regression) is DMD's; set "
+                        "method.objective='dmd'")
+    if self.gan_weight > 0 and self.disc_head == 'none':
+      raise ConfigError('method.gan_weight > 0 needs a discriminator: set '
+                        "method.disc_head to 'separate' or 'fake_score'")
+    self.num_pairs = int(mc.get('num_pairs', 1024))
+    self.pair_steps = int(mc.get('pair_steps', 18))
+    self.reg_batch = int(mc.get('reg_batch', 256))
+    # Noise levels.
+    self.sigma_min = float(mc.get('sigma_min', 0.002))
+    self.sigma_max = float(mc.get('sigma_max', 80.0))
+    self.rho = float(mc.get('rho', 7.0))
+    self.num_levels = int(mc.get('num_levels', 1000))
+    if not 0 < self.sigma_min < self.sigma_max or self.num_levels < 2:
+      raise ConfigError('need 0 < method.sigma_min < method.sigma_max and '
+                        f'method.num_levels >= 2, got {self.sigma_min}, {self.sigma_max}, '
+                        f'{self.num_levels}')
+    self.levels = np.asarray(samplers.karras_sigmas(
+        self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False),
+                             np.float32)
+    t_range = tuple(float(v) for v in mc.get('t_range', (0.02, 0.98)))
+    if len(t_range) != 2 or not 0.0 <= t_range[0] < t_range[1] <= 1.0:
+      raise ConfigError(f'method.t_range must be (lo, hi) with 0 <= lo < hi <= 1, got '
+                        f'{t_range}')
+    self.index_range = (int(round(t_range[0] * (self.num_levels - 1))),
+                        int(round(t_range[1] * (self.num_levels - 1))))
+    # Ratio estimate and normalisations.
+    self.logit_clamp = float(mc.get('logit_clamp', 10.0))
+    self.ratio_clip = tuple(float(v) for v in mc.get('ratio_clip', (0.1, 20.0)))
+    if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
+      raise ConfigError(f'method.ratio_clip must be (lo, hi) with 0 < lo < hi, got '
+                        f'{self.ratio_clip}')
+    self.ratio_bins = int(mc.get('ratio_bins', 10))
+    self.ratio_ema = float(mc.get('ratio_ema', 0.0))
+    if self.ratio_bins < 1 or not 0.0 <= self.ratio_ema < 1.0:
+      raise ConfigError('method.ratio_bins must be >= 1 and method.ratio_ema in [0, 1), '
+                        f'got {self.ratio_bins}, {self.ratio_ema}')
+    self.normalize_ratio = bool(mc.get('normalize_ratio', True))
+    self.normalize_h = bool(mc.get('normalize_h', True))
+    self.dm_normalize = bool(mc.get('dm_normalize', True))
+    # Student steps.
+    self.gen_steps = int(mc.get('gen_steps', 1))
+    if self.gen_steps < 1:
+      raise ConfigError(f'method.gen_steps must be >= 1, got {self.gen_steps}')
+    idx = [k * self.num_levels // self.gen_steps for k in range(self.gen_steps)]
+    self.gen_sigmas = self.levels[idx]
+    self.sample_steps = int(config.sampler.steps)
+    if self.sample_steps > self.gen_steps:
+      raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
+                        f'student\'s method.gen_steps={self.gen_steps}')
+    # Teacher and networks.
+    self.teacher = teachers.build(config, data_spec)
+    self.sigma_data = float(mc.get('sigma_data', 0.0) or self.teacher.sigma_data)
+    self.from_teacher = self.teacher.params is not None and bool(
+        mc.get('init_from_teacher', True))
+    if self.from_teacher and self.disc_head == 'fake_score':
+      raise ConfigError("method.disc_head='fake_score' adds an output channel, which the "
+                        "teacher's network lacks; use disc_head='separate' with a run "
+                        'teacher (or method.init_from_teacher=False)')
+    channels = self.data_shape[-1]
+    self.channels = channels
+    if not self.from_teacher:
+      self.gen_net = nets.build(config.net, data_shape=self.data_shape,
+                                out_dim_or_channels=channels, num_classes=None)
+      extra = 1 if self.disc_head == 'fake_score' else 0
+      self.fake_net = nets.build(config.net, data_shape=self.data_shape,
+                                 out_dim_or_channels=channels + extra, num_classes=None)
+    if self.disc_head == 'separate':
+      self.disc_net = nets.build(mc.get('disc_net', None) or config.net,
+                                 data_shape=self.data_shape, out_dim_or_channels=1,
+                                 num_classes=None)
+    num_steps = int(config.train.num_steps)
+    self.txs, schedules = {}, {}
+    for name in self.net_names:
+      oc = ml_collections.ConfigDict(config.optim.to_dict())
+      lr = float(mc.get(f'lr_{name}', 0.0) or 0.0)
+      if lr > 0:
+        oc.lr = lr
+      schedules[name] = optim.schedule(oc, num_steps)
+      self.txs[name] = optim.build(oc, num_steps)
+    self.lr_schedule = schedules['generator']
+    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
+
+  @property
+  def net_names(self):
+    return NETS if self.disc_head == 'separate' else NETS[:2]
+
+  # ---- networks ------------------------------------------------------------------
+
+  def _local(self, net, params, x, sigma):
+    """EDM-preconditioned denoiser c_skip x + c_out F(c_in x, c_noise), extra channels."""
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+    c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.sigma_data)
+    out = net.apply({'params': params}, _bcast(c_in, x) * x, c_noise)
+    c = self.channels
+    d = _bcast(c_skip, x) * x + _bcast(c_out, x) * out[..., :c]
+    return d, out[..., c:]
+
+  def generator(self, params, x, sigma):
+    if self.from_teacher:
+      return self.teacher.apply(params, x, sigma)
+    return self._local(self.gen_net, params, x, sigma)[0]
+
+  def fake_denoiser(self, params, x, sigma):
+    """(D_fake(x, sigma), logit or None) where the GAN head sits on the fake score."""
+    if self.from_teacher:
+      return self.teacher.apply(params, x, sigma), None
+    d, extra = self._local(self.fake_net, params, x, sigma)
+    if self.disc_head == 'fake_score':
+      return d, _mean_dims(extra)
+    return d, None
+
+  def logit(self, params, x, sigma):
+    """Discriminator logit, an estimate of log p_t(x) - log q_t(x)."""
+    if self.disc_head == 'fake_score':
+      return self.fake_denoiser(params['fake_score'], x, sigma)[1]
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+    _, _, c_in, c_noise = edm_precond(sigma, self.sigma_data)
+    out = self.disc_net.apply({'params': params['discriminator']}, _bcast(c_in, x) * x,
+                              c_noise)
+    return _mean_dims(out)
+
+  def sample_sigma(self, rng, n, full=False):
+    """sigma on the Karras grid, index uniform in t_range (or the full grid); and bin."""
+    lo, hi = (0, self.num_levels - 1) if full else self.index_range
+    i = jax.random.randint(rng, (n,), lo, hi + 1)
+    bins = jnp.minimum((i - lo) * self.ratio_bins // (hi - lo + 1), self.ratio_bins - 1)
+    return jnp.asarray(self.levels)[i], bins
+
+  def generate(self, gen_params, z, rng=None, k=None):
+    """x0 at student step k (backward simulation from pure noise; k=None: last step).
+
+    With k given, the steps before k run without gradient and the last one with it.
+    """
+    sig = jnp.asarray(self.gen_sigmas)
+    k = self.gen_steps - 1 if k is None else k
+    x = sig[0] * z
+    if self.gen_steps > 1:
+      def body(j, x):
+        x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j]))
+        eps = jax.random.normal(jax.random.fold_in(rng, j), x.shape, x.dtype)
+        return x0 + sig[j + 1] * eps
+      x = jax.lax.fori_loop(0, k, body, x)
+    return self.generator(gen_params, x, sig[k])
+
+  # ---- losses --------------------------------------------------------------------
+
+  def fake_loss(self, trainable, gen_params, batch, rng):
+    """DSM of the fake score on detached generator samples, plus the discriminator loss."""
+    real = batch['x']
+    n = real.shape[0]
+    k_z, k_sim, k_k, k_s, k_e, k_sd, k_e2, k_e3 = jax.random.split(rng, 8)
+    z = jax.random.normal(k_z, real.shape, real.dtype)
+    k = jax.random.randint(k_k, (), 0, self.gen_steps)
+    x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k))
+    sigma, _ = self.sample_sigma(k_s, n, full=True)
+    x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, x0.shape, x0.dtype)
+    d_fake, _ = self.fake_denoiser(trainable['fake_score'], x_t, sigma)
+    weight = 1.0 / sigma**2 + 1.0 / self.sigma_data**2
+    dsm = jnp.mean(weight * _mean_dims((d_fake - x0)**2))
+    metrics = {'fake_score_loss': dsm}
+    loss = dsm
+    if self.disc_head != 'none':
+      sd, _ = self.sample_sigma(k_sd, n)
+      fake_t = x0 + _bcast(sd, x0) * jax.random.normal(k_e2, x0.shape, x0.dtype)
+      real_t = real + _bcast(sd, real) * jax.random.normal(k_e3, real.shape, real.dtype)
+      l_fake = self.logit(trainable, fake_t, sd)
+      l_real = self.logit(trainable, real_t, sd)
+      disc = jnp.mean(jax.nn.softplus(l_fake)) + jnp.mean(jax.nn.softplus(-l_real))
+      loss = loss + self.disc_weight * disc
+      metrics['disc_loss'] = disc
+      metrics['disc_acc'] = 0.5 * (jnp.mean(l_real > 0) + jnp.mean(l_fake < 0))
+    return loss, metrics
+
+  def ratio(self, logit, bins, running):
+    """r = exp(logit), clamped and clipped, divided by its per-bin running mean."""
+    r = jnp.exp(jnp.clip(logit, -self.logit_clamp, self.logit_clamp))
+    r = jnp.clip(r, *self.ratio_clip)
+    if not self.normalize_ratio:
+      return r, running
+    one_hot = jax.nn.one_hot(bins, self.ratio_bins, dtype=r.dtype)
+    count = jnp.sum(one_hot, 0)
+    batch_mean = jnp.sum(one_hot * r[:, None], 0) / jnp.maximum(count, 1.0)
+    updated = self.ratio_ema * running + (1.0 - self.ratio_ema) * batch_mean
+    running = jnp.where(count > 0, updated, running)
+    return r / running[bins], running
+
+  def generator_loss(self, gen_params, others, batch, rng, extra):
+    """The generator's objective; returns (loss, (metrics, new running ratio means))."""
+    shape = batch['x'].shape
+    n = shape[0]
+    k_z, k_sim, k_k, k_s, k_e, k_reg = jax.random.split(rng, 6)
+    z = jax.random.normal(k_z, shape, jnp.float32)
+    k = jax.random.randint(k_k, (), 0, self.gen_steps)
+    x0 = self.generate(gen_params, z, k_sim, k)
+    sigma, bins = self.sample_sigma(k_s, n)
+    x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, shape, x0.dtype)
+    x_t_sg = jax.lax.stop_gradient(x_t)
+    d_real = jax.lax.stop_gradient(self.teacher.denoiser(x_t_sg, sigma))
+    d_fake = jax.lax.stop_gradient(self.fake_denoiser(others['fake_score'], x_t_sg, sigma)[0])
+    metrics = {}
+    running = extra['ratio_mean']
+    if self.objective == 'f_distill':
+      logit = jax.lax.stop_gradient(self.logit(others, x_t_sg, sigma))
+      r, running = self.ratio(logit, bins, running)
+      h = self.h_fn(r)
+      metrics.update(r_mean=jnp.mean(r), h_mean=jnp.mean(h), h_std=jnp.std(h))
+      if self.normalize_h:
+        h = h / jnp.mean(h)
+    else:
+      h = jnp.ones((n,), jnp.float32)
+    g = _bcast(h, x0) * (d_fake - d_real)
+    if self.dm_normalize:
+      scale = _mean_dims(jnp.abs(jax.lax.stop_gradient(x0) - d_real))
+      g = g / _bcast(scale + 1e-8, g)
+    g = jax.lax.stop_gradient(jnp.nan_to_num(g))
+    dm = pseudo_loss(x0, g)
+    metrics['dm_loss'] = dm
+    loss = dm
+    if self.gan_weight > 0:
+      gan = jnp.mean(jax.nn.softplus(-self.logit(others, x_t, sigma)))
+      metrics['gan_gen_loss'] = gan
+      loss = loss + self.gan_weight * gan
+    if self.reg_weight > 0:
+      k_idx, k_chain = jax.random.split(k_reg)
+      idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
+      pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain)
+      reg = jnp.mean(_mean_dims((pred - extra['pair_target'][idx])**2))
+      metrics['reg_loss'] = reg
+      loss = loss + self.reg_weight * reg
+    metrics['generator_loss'] = loss
+    return loss, (metrics, running)
+
+  # ---- the Method interface ------------------------------------------------------
+
+  def make_pairs(self, rng):
+    """(noise, teacher output) pairs from the teacher's deterministic Heun sampler."""
+    z = jax.random.normal(rng, (self.num_pairs,) + self.data_shape, jnp.float32)
+    return z, self.teacher.sample(z, self.sigma_max, self.pair_steps)[0]
+
+  def init(self, rng, batch) -> TrainState:
+    x = jnp.asarray(batch['x'], jnp.float32)
+    k_gen, k_fake, k_disc, k_pairs = jax.random.split(rng, 4)
+    sigma = jnp.ones((x.shape[0],), jnp.float32)
+    if self.from_teacher:
+      params = {'generator': self.teacher.params, 'fake_score': self.teacher.params}
+      params = jax.tree.map(jnp.array, params)
+    else:
+      params = {
+          'generator': self.gen_net.init(k_gen, x, sigma)['params'],
+          'fake_score': self.fake_net.init(k_fake, x, sigma)['params'],
+      }
+    if self.disc_head == 'separate':
+      params['discriminator'] = self.disc_net.init(k_disc, x, sigma)['params']
+    opt_state = {name: self.txs[name].init(params[name]) for name in self.net_names}
+    ema = {ema_name(d): {'generator': jax.tree.map(jnp.array, params['generator'])}
+           for d in self.ema_decays}
+    extra = {'ratio_mean': jnp.ones((self.ratio_bins,), jnp.float32)}
+    if self.reg_weight > 0:
+      extra['pair_noise'], extra['pair_target'] = self.make_pairs(k_pairs)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      ema=ema, extra=extra)
+
+  def _update(self, name, params, opt_state, grads):
+    updates, new_opt = self.txs[name].update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt
+
+  def train_step(self, state, batch, rng):
+    k_fake, k_gen = jax.random.split(rng)
+    fake_names = [n for n in self.net_names if n != 'generator']
+    gen_params = state.params['generator']
+
+    def fake_update(carry, key):
+      trainable, opt = carry
+      grads, metrics = jax.grad(self.fake_loss, has_aux=True)(trainable, gen_params,
+                                                              batch, key)
+      new, new_opt = {}, {}
+      for name in fake_names:
+        new[name], new_opt[name] = self._update(name, trainable[name], opt[name],
+                                                grads[name])
+      metrics['l2_grads_fake'] = optax.global_norm(grads)
+      return (new, new_opt), metrics
+
+    trainable = {n: state.params[n] for n in fake_names}
+    opt = {n: state.opt_state[n] for n in fake_names}
+    (trainable, opt), fake_metrics = jax.lax.scan(
+        fake_update, (trainable, opt), jax.random.split(k_fake, self.fake_updates))
+    fake_metrics = jax.tree.map(jnp.mean, fake_metrics)
+    grads, (gen_metrics, running) = jax.grad(self.generator_loss, has_aux=True)(
+        gen_params, trainable, batch, k_gen, state.extra)
+    new_gen, gen_opt = self._update('generator', gen_params, state.opt_state['generator'],
+                                    grads)
+    ema = {name: {'generator': jax.tree.map(lambda e, p, d=float(name): d * e + (1 - d) * p,
+                                            tree['generator'], new_gen)}
+           for name, tree in state.ema.items()}
+    params = {'generator': new_gen, **trainable}
+    opt_state = {'generator': gen_opt, **opt}
+    extra = dict(state.extra, ratio_mean=running)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema=ema, extra=extra)
+    metrics = {**fake_metrics, **gen_metrics}
+    metrics['loss'] = gen_metrics['generator_loss'] + fake_metrics['fake_score_loss'] \
+        + self.disc_weight * fake_metrics.get('disc_loss', 0.0)
+    metrics['l2_grads'] = optax.global_norm(grads)
+    metrics['l2_params'] = optax.global_norm(new_gen)
+    return new_state, metrics
+
+  def generator_params(self, state, use_ema=True):
+    return state.eval_params(use_ema)['generator']
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=True, label=None, **unused):
+    """num student samples with `steps` generator evaluations (1 <= steps <= gen_steps).
+
+    The sampler name is ignored: the student is its own sampler.
+    """
+    del sampler, label, unused
+    steps = int(steps or self.sample_steps)
+    if not 1 <= steps <= self.gen_steps:
+      raise ConfigError(f'a distilled student samples with 1..{self.gen_steps} steps '
+                        f'(method.gen_steps), got steps={steps}')
+    params = self.generator_params(state, use_ema)
+    k_z, k_sim = jax.random.split(rng)
+    z = jax.random.normal(k_z, (num,) + self.data_shape, jnp.float32)
+    return self.generate(params, z, k_sim, steps - 1)
+
+  def evaluate(self, state, rng, data, workdir=None):
+    """NFE, and for a mixture teacher the nearest-mode mass error and modes covered.
+
+    With DMD's paired data it also writes the pairs to workdir/dmd_pairs.npz once.
+    """
+    del data
+    scalars = {'nfe': float(self.sample_steps)}
+    path = os.path.join(workdir, 'dmd_pairs.npz') if workdir else None
+    if self.reg_weight > 0 and path and not os.path.exists(path) and jax.process_index() == 0:
+      np.savez(path, noise=np.asarray(state.extra['pair_noise']),
+               target=np.asarray(state.extra['pair_target']))
+    mixture = getattr(self.teacher, 'mixture', None)
+    if mixture is not None:
+      num = int(self.config.eval.num_samples)
+      x = jax.jit(functools.partial(self.sample, num=num))(state, rng)
+      tv, covered, _ = mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
+      scalars.update(mode_mass_tv=tv, modes_covered=covered)
+    return scalars, {}
