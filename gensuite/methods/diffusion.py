@@ -40,7 +40,7 @@ from gensuite import nets, samplers
 from gensuite.samplers import frames
 from gensuite.errors import ConfigError
 from gensuite.train import optim
-from gensuite.train.state import TrainState, apply_gradients
+from gensuite.train.single_net import SingleNetMethod
 
 FORMULATIONS = ('edm', 'vp', 've')
 WEIGHTINGS = ('default', 'likelihood')
@@ -87,7 +87,7 @@ def _positive(mc, key, default):
   return v
 
 
-class Diffusion:
+class Diffusion(SingleNetMethod):
   """VP / VE / EDM denoising diffusion (see module docstring)."""
 
   def __init__(self, config, data_spec):
@@ -248,17 +248,7 @@ class Diffusion:
 
   # ---- the Method interface ------------------------------------------------------
 
-  def init(self, rng, batch) -> TrainState:
-    x = batch['x']
-    label = batch.get('label') if self.conditional else None
-    t = jnp.zeros((x.shape[0],), x.dtype)
-    params = self.net.init({'params': rng, 'dropout': rng}, x, t, label=label)['params']
-    return TrainState.create(params, self.tx, self.ema_decays)
-
-  def train_step(self, state, batch, rng):
-    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
-    state, norms = apply_gradients(state, grads, self.tx)
-    return state, {**metrics, **norms}
+  # init and train_step: SingleNetMethod (one network, one loss).
 
   def sigma_grid(self, steps: int) -> np.ndarray:
     """steps + 1 decreasing noise levels ending at 0 (float64, see module docstring)."""

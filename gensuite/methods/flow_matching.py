@@ -33,7 +33,7 @@ import scipy.optimize
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError, lookup
 from gensuite.train import optim
-from gensuite.train.state import TrainState, apply_gradients
+from gensuite.train.single_net import SingleNetMethod
 
 
 def _vp_signal(s, beta_min=0.1, beta_max=20.0):
@@ -109,7 +109,7 @@ def _broadcast_t(t, x):
   return t.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-class FlowMatching:
+class FlowMatching(SingleNetMethod):
   """The flow-matching family (see module docstring)."""
 
   def __init__(self, config, data_spec):
@@ -238,17 +238,7 @@ class FlowMatching:
 
   # ---- the Method interface ----------------------------------------------------
 
-  def init(self, rng, batch) -> TrainState:
-    x = batch['x']
-    label = batch.get('label') if self.conditional else None
-    t = jnp.zeros((x.shape[0],), x.dtype)
-    params = self.net.init({'params': rng, 'dropout': rng}, x, t, label=label)['params']
-    return TrainState.create(params, self.tx, self.ema_decays)
-
-  def train_step(self, state, batch, rng):
-    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
-    state, norms = apply_gradients(state, grads, self.tx)
-    return state, {**metrics, **norms}
+  # init and train_step: SingleNetMethod (one network, one loss).
 
   def velocity_fn(self, params, label=None, cfg_scale: float = 1.0):
     """v(x, t) with scalar t, for the samplers."""
