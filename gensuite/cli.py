@@ -3,6 +3,7 @@
   gensuite train  --config=configs/flow_matching/toy2d.py[:variant] --workdir=DIR [--config.a.b=v]
   gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
+                  [--metrics=fid --inception_weights=FILE [--fid_stats=FILE.npz]]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
@@ -33,6 +34,12 @@ flags.DEFINE_string('out', None, 'sample: output .npz file.')
 flags.DEFINE_integer('seed', 0, 'sample: random seed.')
 flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params.')
 flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.metrics).')
+flags.DEFINE_string('inception_weights', None, 'eval: FID Inception-v3 weights file '
+                    '(.pth/.pt/.npz; sets config.eval.inception_weights).')
+flags.DEFINE_string('fid_stats', None, 'eval: reference (mu, sigma) .npz for fid '
+                    '(sets config.eval.fid_stats).')
+flags.DEFINE_enum('inception_resize', None, ['tf', 'pytorch_fid'],
+                  'eval: resampling to 299x299 for fid (sets config.eval.inception_resize).')
 flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step (default: latest).')
 flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep().')
 flags.DEFINE_integer('parallel', 1, 'sweep: runs at a time.')
@@ -102,12 +109,17 @@ def _eval():
   from gensuite.errors import lookup  # pylint: disable=g-import-not-at-top
   from gensuite.train import logging as log_lib  # pylint: disable=g-import-not-at-top
   from gensuite.train import loop  # pylint: disable=g-import-not-at-top
-  run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
   if FLAGS.metrics:
     for m in FLAGS.metrics:
       lookup('metric', m, metrics.METRICS)
-    with run.config.unlocked():
+  run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
+  with run.config.unlocked():
+    if FLAGS.metrics:
       run.config.eval.metrics = tuple(FLAGS.metrics)
+    for name in metrics.FID_OPTIONS:
+      if FLAGS[name].value is not None:
+        run.config.eval[name] = FLAGS[name].value
+  metrics.check(tuple(run.config.eval.metrics), **metrics.eval_options(run.config.eval))
   # At the checkpoint's step, replacing any earlier values of the same names: that
   # step is <= every later resume point, so truncate-on-resume keeps these lines.
   writer = log_lib.MetricWriter(FLAGS.workdir, replace=True)

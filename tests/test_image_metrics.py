@@ -111,8 +111,10 @@ def test_digits_metrics_through_the_registry_use_the_cached_classifier(tmp_path)
 
 
 def test_inception_fid_without_weights_is_a_one_line_config_error():
-  with pytest.raises(ConfigError, match='inception_weights'):
-    features.inception_fid_features(np.zeros((2, 32, 32, 3)), None)
+  for weights in (None, ''):
+    with pytest.raises(ConfigError, match='inception_weights') as e:
+      features.fid(np.zeros((2, 32, 32, 3)), np.zeros((2, 32, 32, 3)), weights)
+    assert '\n' not in str(e.value)
 
 
 @pytest.mark.slow

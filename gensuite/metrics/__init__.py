@@ -18,6 +18,13 @@ Samples and reference are [n, ...] arrays (flattened to [n, d]). The metrics:
                       precision/recall (k = 3) on the features of a small digits
                       classifier (metrics/features.py), cached under `workdir`
                       (or ~/.cache/gensuite when workdir is None).
+  fid                 standard FID on the 2048 pool3 features of the FID Inception-v3
+                      (nets/inception.py) read from a local weights file, option
+                      `inception_weights` (config.eval.inception_weights); against
+                      the (mu, sigma) .npz `fid_stats` when given, else against the
+                      reference images, whose statistics are cached in workdir/fid/.
+                      `inception_resize`: 'tf' (TTUR's graph, default) or
+                      'pytorch_fid'. Samples are [n, h, w, 1 or 3] in [-1, 1].
 Each metric gets its own key, fold_in(rng, its index in METRICS), so a value does not
 depend on which other metrics were asked for. Importing this package pulls in only
 JAX and numpy.
@@ -27,7 +34,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from gensuite.errors import lookup
+from gensuite.errors import ConfigError, lookup
 from gensuite.metrics import distances
 
 MetricFn = Callable[[jax.Array, np.ndarray, np.ndarray, Callable | None], float | None]
@@ -60,6 +67,15 @@ def _nll(rng, samples, reference, log_prob):
   if log_prob is None:
     return None
   return distances.nll(samples, log_prob)
+
+
+def _fid(rng, samples, reference, log_prob, workdir=None, image_shape=None,
+         inception_weights='', fid_stats='', inception_resize='tf'):
+  del rng, log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  shape = (-1,) + tuple(image_shape or ())
+  return features.fid(samples.reshape(shape), reference.reshape(shape), inception_weights,
+                      fid_stats=fid_stats, resize=inception_resize, cache_dir=workdir)
 
 
 def _digits_features(samples, reference, workdir):
@@ -103,25 +119,65 @@ METRICS: dict[str, MetricFn] = {
     'kid_digits': _kid_digits,
     'precision_digits': _precision_digits,
     'recall_digits': _recall_digits,
+    'fid': _fid,
 }
-# Metrics that take a `workdir` keyword (where they cache what they build).
-_WANT_WORKDIR = ('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits')
+# Keywords, beyond (rng, samples, reference, log_prob), that a metric takes: where it
+# caches what it builds (`workdir`), the samples' shape before flattening, and the
+# `config.eval` options named in FID_OPTIONS.
+FID_OPTIONS = ('inception_weights', 'fid_stats', 'inception_resize')
+_KEYWORDS = {
+    'fd_digits': ('workdir',), 'kid_digits': ('workdir',),
+    'precision_digits': ('workdir',), 'recall_digits': ('workdir',),
+    'fid': ('workdir', 'image_shape') + FID_OPTIONS,
+}
+
+
+def eval_options(eval_config) -> dict:
+  """The FID_OPTIONS set in a `config.eval` section (older runs may lack them)."""
+  return {k: eval_config[k] for k in FID_OPTIONS if k in eval_config}
+
+
+def check(names: Sequence[str], **options) -> None:
+  """Raises a one-line ConfigError for an unknown metric, or for `fid` without what
+  it needs (an existing weights file, an existing stats file when one is named, a
+  known resize mode), so a run fails before it trains rather than at its first eval.
+  """
+  for name in names:
+    lookup('metric', name, METRICS)
+  if 'fid' not in names:
+    return
+  import os  # pylint: disable=g-import-not-at-top
+  from gensuite.nets import inception  # pylint: disable=g-import-not-at-top
+  inception.check_weights_path(options.get('inception_weights', ''))
+  stats = options.get('fid_stats', '')
+  if stats and not os.path.isfile(stats):
+    raise ConfigError(f'config.eval.fid_stats: file {stats} does not exist')
+  resize = options.get('inception_resize', 'tf')
+  if resize not in inception.RESIZE_MODES:
+    raise ConfigError(f'config.eval.inception_resize must be one of '
+                      f'{", ".join(inception.RESIZE_MODES)}, got {resize!r}')
 
 
 def evaluate(names: Sequence[str], rng: jax.Array, samples, reference,
-             log_prob: Callable | None = None, workdir: str | None = None
-             ) -> dict[str, float]:
+             log_prob: Callable | None = None, workdir: str | None = None,
+             **options) -> dict[str, float]:
   """Computes the named metrics of samples against reference (module docstring).
 
   Unknown names raise ConfigError before anything is computed. `workdir` is where
-  metrics that build something (the digits classifier) cache it.
+  metrics that build something (the digits classifier, FID reference statistics)
+  cache it. `options` are FID_OPTIONS (for `fid`); others are refused.
   """
   fns = {name: lookup('metric', name, METRICS) for name in names}
+  unknown = sorted(set(options) - set(FID_OPTIONS))
+  if unknown:
+    raise ConfigError(f'unknown metric option {unknown[0]!r}; allowed: '
+                      f'{", ".join(FID_OPTIONS)}')
   order = list(METRICS)
+  given = dict(options, workdir=workdir, image_shape=np.shape(samples)[1:])
   samples, reference = _flat(samples), _flat(reference)
   results = {}
   for name, fn in fns.items():
-    kw = {'workdir': workdir} if name in _WANT_WORKDIR else {}
+    kw = {k: given[k] for k in _KEYWORDS.get(name, ()) if k in given}
     value = fn(jax.random.fold_in(rng, order.index(name)), samples, reference, log_prob, **kw)
     if value is None:
       continue

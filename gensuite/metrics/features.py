@@ -24,8 +24,11 @@ Definitions (ALGORITHMS.md §9):
                     fraction of fake features inside some real feature's ball of
                     radius its k-th nearest real neighbour distance; recall swaps roles.
 
-Standard FID (Inception-v3 pool3) needs the network's weights as a local file; see
-`inception_fid_features` for what is and is not provided.
+Standard FID (`fid`, `inception_extractor`) uses the FID Inception-v3's 2048 pool3
+features (gensuite/nets/inception.py), from a weights file the user supplies:
+nothing is downloaded, and without a file `fid` stops with a one-line error. The
+reference side is an .npz of (mu, sigma) (`eval.fid_stats`) or the reference images'
+statistics, cached under DIR/fid/.
 """
 import dataclasses
 import os
@@ -265,20 +268,138 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 
 # ---- Inception-v3 FID -----------------------------------------------------------------
 
-def inception_fid_features(images, weights_path: str | None) -> np.ndarray:
-  """Standard FID features need Inception-v3 weights as a local file; none are bundled.
+def to_uint8_values(images) -> np.ndarray:
+  """Images in [-1, 1] -> the integers 0..255 (as float32) an 8-bit PNG would hold.
 
-  Nothing is downloaded. Without a file this raises a one-line ConfigError. The
-  Inception-v3 network itself is not implemented in gensuite yet, so with a file it
-  raises a ConfigError saying so: use fd_digits (or another feature-based metric)
-  instead. `frechet_distance` above is the formula FID applies to those features.
+  floor(127.5 x + 128) clipped, as EDM's sampler writes its PNGs: data images that
+  came from 8-bit files get their exact values back.
   """
-  del images
-  if not weights_path:
-    raise ConfigError('fid needs Inception-v3 weights as a local file: pass '
-                      '--inception_weights=PATH (or config.eval.inception_weights); '
-                      'nothing is downloaded')
-  if not os.path.exists(weights_path):
-    raise ConfigError(f'inception weights file {weights_path} does not exist')
-  raise ConfigError('fid: the Inception-v3 network is not implemented in gensuite; '
-                    'use fd_digits / kid_digits (digits-classifier features) instead')
+  x = np.asarray(images, np.float32)
+  return np.clip(np.floor(x * 127.5 + 128.0), 0.0, 255.0)
+
+
+@dataclasses.dataclass
+class InceptionExtractor:
+  """Pool3 features of the FID Inception-v3 (gensuite.nets.inception) from a weights file."""
+  params: dict
+  path: str
+  resize: str = 'tf'
+
+  def __post_init__(self):
+    from gensuite.nets import inception  # pylint: disable=g-import-not-at-top
+    self._apply = jax.jit(inception.pool3_features, static_argnums=2)
+
+  def features(self, images, batch: int = 100) -> np.ndarray:
+    """[n, h, w, 1 or 3] images in [-1, 1] -> [n, 2048] float64 features.
+
+    The last partial batch is padded to `batch`, so one compilation serves all.
+    """
+    x = to_uint8_values(images)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+      raise ConfigError(f'fid needs image samples [n, h, w, 1 or 3], got shape '
+                        f'{x.shape}; it is an image metric')
+    out = []
+    for i in range(0, x.shape[0], batch):
+      chunk = x[i:i + batch]
+      n = chunk.shape[0]
+      if n < batch and x.shape[0] > batch:
+        chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:],
+                                                chunk.dtype)])
+      out.append(np.asarray(self._apply(self.params, chunk, self.resize))[:n])
+    return np.concatenate(out, 0).astype(np.float64)
+
+
+_INCEPTIONS: dict[tuple, InceptionExtractor] = {}
+
+
+def inception_extractor(weights_path: str | None, resize: str = 'tf') -> InceptionExtractor:
+  """The FID Inception-v3 from a local weights file (nothing is downloaded).
+
+  Without a file, or with one that is missing or is not these weights, a one-line
+  ConfigError says what was wrong. Loaded networks are kept for the process, keyed by
+  the file's path, size and modification time.
+  """
+  from gensuite.nets import inception  # pylint: disable=g-import-not-at-top
+  if resize not in inception.RESIZE_MODES:
+    raise ConfigError(f'unknown eval.inception_resize {resize!r}; allowed: '
+                      f'{", ".join(inception.RESIZE_MODES)}')
+  inception.check_weights_path(weights_path)
+  st = os.stat(weights_path)
+  key = (os.path.abspath(weights_path), st.st_size, st.st_mtime_ns, resize)
+  if key not in _INCEPTIONS:
+    _INCEPTIONS[key] = InceptionExtractor(inception.load_weights(weights_path),
+                                          weights_path, resize)
+  return _INCEPTIONS[key]
+
+
+def load_fid_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) from an .npz with arrays `mu` [2048] and `sigma` [2048, 2048].
+
+  This is the format of the reference statistics published with TTUR, pytorch-fid
+  and EDM (e.g. EDM's cifar10-32x32.npz over the 50k training images).
+  """
+  if not os.path.isfile(path):
+    raise ConfigError(f'fid reference statistics file {path} does not exist')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      mu, sigma = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
+  except (KeyError, ValueError, OSError) as e:
+    raise ConfigError(f'{path}: fid statistics need an .npz with arrays mu and sigma '
+                      f'({" ".join(str(e).split())})') from e
+  if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+    raise ConfigError(f'{path}: mu has shape {mu.shape} and sigma {sigma.shape}; they '
+                      f'must be [d] and [d, d]')
+  return mu, sigma
+
+
+def save_fid_stats(path: str, mu, sigma, **extra) -> None:
+  """Writes (mu, sigma) atomically in the format `load_fid_stats` reads."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.npz', dir=os.path.dirname(os.path.abspath(path)))
+  os.close(fd)
+  np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
+  os.replace(tmp, path)
+
+
+def reference_fid_stats(extractor: InceptionExtractor, reference,
+                        cache_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) of the reference images, cached in cache_dir/fid/ when given.
+
+  The cache file is named by a hash of the reference images' 8-bit values, the
+  weights file (path, size, mtime) and the resize mode, so a changed reference set or
+  network never reads a stale file.
+  """
+  x = to_uint8_values(reference)
+  if cache_dir:
+    import hashlib  # pylint: disable=g-import-not-at-top
+    h = hashlib.sha1(x.astype(np.uint8).tobytes())
+    h.update(str(x.shape).encode())
+    st = os.stat(extractor.path)
+    h.update(f'{os.path.abspath(extractor.path)}|{st.st_size}|{st.st_mtime_ns}|'
+             f'{extractor.resize}'.encode())
+    path = os.path.join(cache_dir, 'fid', f'reference_{h.hexdigest()[:16]}.npz')
+    if os.path.exists(path):
+      return load_fid_stats(path)
+  mu, sigma = frechet_stats(extractor.features(reference))
+  if cache_dir:
+    save_fid_stats(path, mu, sigma, num=np.int64(x.shape[0]))
+  return mu, sigma
+
+
+def fid(samples, reference, weights_path: str | None, fid_stats: str = '',
+        resize: str = 'tf', cache_dir: str | None = None) -> float:
+  """Standard FID: Fréchet distance of Inception-v3 pool3 features (images in [-1, 1]).
+
+  The reference side is the `fid_stats` file when given (`reference` is then not
+  used), else the statistics of `reference`, cached under cache_dir/fid/.
+  """
+  extractor = inception_extractor(weights_path, resize)
+  if fid_stats:
+    mu_ref, sigma_ref = load_fid_stats(fid_stats)
+  else:
+    mu_ref, sigma_ref = reference_fid_stats(extractor, reference, cache_dir)
+  mu, sigma = frechet_stats(extractor.features(samples))
+  if mu.shape != mu_ref.shape:
+    raise ConfigError(f'fid reference statistics have dimension {mu_ref.shape[0]}, the '
+                      f'features {mu.shape[0]}')
+  return frechet_distance(mu, sigma, mu_ref, sigma_ref)

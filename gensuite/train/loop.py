@@ -159,7 +159,8 @@ def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | N
   sample_time = time.time() - t0
   reference = exp.data.reference(k_ref, ec.num_samples)
   results = metrics_lib.evaluate(tuple(ec.metrics), k_metric, samples, reference,
-                                 log_prob=exp.data.log_prob, workdir=workdir)
+                                 log_prob=exp.data.log_prob, workdir=workdir,
+                                 **metrics_lib.eval_options(ec))
   results = {f'eval/{k}': float(v) for k, v in results.items()}
   results['eval/sample_seconds'] = sample_time
   images = {}
@@ -231,6 +232,9 @@ def run(config, workdir: str, *, multihost: bool = False):
   written, so a run that cannot resume leaves its workdir as it found it.
   """
   parallel.maybe_initialize_distributed(multihost)
+  config_lib.validate(config)
+  if config.train.eval_every:  # before any data is built or prepared
+    metrics_lib.check(tuple(config.eval.metrics), **metrics_lib.eval_options(config.eval))
   exp = build_experiment(config)
   resuming = config_lib.check_resume(workdir, config)
   tc = config.train
