@@ -132,3 +132,16 @@ def test_digits_classifier_accuracy_and_features_separate_classes(tmp_path):
   noise = np.random.default_rng(0).uniform(-1, 1, x_test.shape).astype(np.float32)
   fd_noise = features.frechet_distance_of_features(real, extractor.features(noise))
   assert fd_noise > 10 * fd_real, (fd_real, fd_noise)
+
+
+def test_trace_sqrt_product_equals_the_sqrtm_trace_also_when_rank_deficient():
+  """The eigendecomposition form of tr((S1 S2)^{1/2}) against scipy's sqrtm, for
+  full-rank and for sample covariances with fewer points than dimensions."""
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  for n in (500, 40):
+    a = rng.normal(size=(n, 64))
+    b = rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.5 * a
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = np.trace(np.real(scipy.linalg.sqrtm(c1 @ c2)))
+    np.testing.assert_allclose(features.trace_sqrt_product(c1, c2), expected, rtol=1e-6)
