@@ -3,7 +3,7 @@
   gensuite train  --config=configs/flow_matching/toy2d.py[:variant] --workdir=DIR [--config.a.b=v]
   gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
-                  [--metrics=fid --inception_weights=FILE [--fid_stats=FILE.npz]]
+                  [--metrics=fid --inception_weights=FILE [--fid_stats=FILE.npz]] [--num=N]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
@@ -27,7 +27,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file, with optional :var
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory (created; resumed if it holds a run).')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize (several hosts).')
-flags.DEFINE_integer('num', 64, 'sample: number of samples.')
+flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: sets '
+                     'config.eval.num_samples.')
 flags.DEFINE_string('sampler', None, 'sample/eval: sampler name (default: the config\'s).')
 flags.DEFINE_integer('steps', None, 'sample/eval: sampler steps; bench: timed steps.')
 flags.DEFINE_string('out', None, 'sample: output .npz file.')
@@ -112,8 +113,12 @@ def _eval():
   if FLAGS.metrics:
     for m in FLAGS.metrics:
       lookup('metric', m, metrics.METRICS)
+  if FLAGS['num'].present and FLAGS.num <= 0:
+    _fail(f'--num must be a positive integer, got {FLAGS.num}')
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
   with run.config.unlocked():
+    if FLAGS['num'].present:
+      run.config.eval.num_samples = FLAGS.num
     if FLAGS.metrics:
       run.config.eval.metrics = tuple(FLAGS.metrics)
     for name in metrics.FID_OPTIONS:

@@ -38,7 +38,8 @@ def base() -> ml_collections.ConfigDict:
   c.sampler = ml_collections.ConfigDict(dict(name='euler', steps=100))
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=1000, metrics=('mmd', 'sliced_wasserstein', 'energy_distance', 'nll'),
-      use_ema=True, inception_weights='', fid_stats='', inception_resize='tf'))
+      use_ema=True, sample_batch=0, inception_weights='', fid_stats='',
+      inception_resize='tf'))
   return c
 
 

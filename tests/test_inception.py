@@ -243,15 +243,18 @@ def test_fid_metric_in_the_registry_and_its_checks(weights_npz, tmp_path):
 
 def test_cli_fid_train_eval_and_bad_input(weights_npz, tmp_path):
   """fid without weights stops `train` before anything is written and `eval` before
-  metrics.jsonl changes; with weights it is logged in training and `eval` reproduces
-  the same value, also from the cached reference statistics as --fid_stats."""
+  metrics.jsonl changes; with weights it is logged in training (samples drawn in
+  chunks) and `eval` reproduces the same value from the cached reference statistics
+  given as --fid_stats."""
   workdir = str(tmp_path / 'digits')
   args = ('train', '--config=configs/flow_matching/digits.py:smoke', f'--workdir={workdir}',
           "--config.eval.metrics=('fid',)")
   proc = run_cli(*args, check=False)
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
   assert 'inception_weights' in proc.stderr and not os.path.exists(workdir)
-  run_cli(*args, f'--config.eval.inception_weights={weights_npz}')
+  # Samples drawn in chunks of 5 (5, 5, 5, 1 for the smoke config's 16).
+  run_cli(*args, f'--config.eval.inception_weights={weights_npz}',
+          '--config.eval.sample_batch=5')
   rows = [r for r in metrics_rows(workdir) if 'eval/fid' in r]
   assert [r['step'] for r in rows] == [6]
   trained = rows[0]['eval/fid']
@@ -267,6 +270,8 @@ def test_cli_fid_train_eval_and_bad_input(weights_npz, tmp_path):
                  f'--fid_stats={os.path.join(workdir, "fid", stats[0])}')
   printed = dict(line.split(': ') for line in proc.stdout.strip().splitlines())
   np.testing.assert_allclose(float(printed['eval/fid']), trained, rtol=1e-4)
+  proc = run_cli('eval', f'--workdir={workdir}', '--num=0', check=False)
+  assert proc.returncode == 2 and '--num' in proc.stderr
 
 
 def metrics_rows(workdir):

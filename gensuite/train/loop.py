@@ -155,7 +155,14 @@ def evaluate(exp: Experiment, state, step: int, writer: log_lib.MetricWriter | N
             use_ema=ec.get('use_ema', True))
   kw.update({k: v for k, v in sample_kw.items() if v is not None})
   t0 = time.time()
-  samples = exp.sample(state, k_sample, ec.num_samples, **kw)
+  chunk = ec.get('sample_batch', 0) or ec.num_samples
+  if chunk >= ec.num_samples:
+    samples = exp.sample(state, k_sample, ec.num_samples, **kw)
+  else:  # bounded memory for large evals (FID over 50k images)
+    samples = np.concatenate([
+        exp.sample(state, jax.random.fold_in(k_sample, i),
+                   min(chunk, ec.num_samples - i * chunk), **kw)
+        for i in range(-(-ec.num_samples // chunk))])
   sample_time = time.time() - t0
   reference = exp.data.reference(k_ref, ec.num_samples)
   results = metrics_lib.evaluate(tuple(ec.metrics), k_metric, samples, reference,
