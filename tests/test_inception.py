@@ -4,6 +4,7 @@ tests/data/inception_reference.npz holds what pytorch-fid, PyTorch and TensorFlo
 computed (experiments/inception_reference.py says how); the network's random weights
 are regenerated here from their seed.
 """
+import io
 import os
 import pickle
 import zipfile
@@ -81,7 +82,59 @@ def test_reader_refuses_to_run_code_from_a_pickle(tmp_path):
     pickle.dump({'w': _Evil(target)}, f, protocol=2)
   with pytest.raises(ConfigError, match='refusing to load'):
     torch_files.read_torch_file(legacy)
+  header = str(tmp_path / 'evil_header.pth')  # the payload where the magic number goes
+  with open(header, 'wb') as f:
+    pickle.dump(_Evil(target), f, protocol=2)
+  with pytest.raises(ConfigError, match='refusing to load'):
+    torch_files.read_torch_file(header)
   assert not os.path.exists(target)
+
+
+def _rebuild_tensor_v2(*args):  # stands in for torch's, renamed in the pickle below
+  del args
+
+
+class FloatStorage:  # likewise torch.FloatStorage
+  pass
+
+
+class _Rebuild:
+  def __init__(self, size, stride):
+    self.size, self.stride = size, stride
+
+  def __reduce__(self):
+    return (_rebuild_tensor_v2, (_Storage(), 0, self.size, self.stride, False, {}))
+
+
+class _Storage:
+  pass
+
+
+def test_reader_refuses_tensors_that_reach_past_their_storage(tmp_path):
+  """Size and stride come from the file: a tensor may not read beyond its storage."""
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      if isinstance(obj, _Storage):
+        return ('storage', FloatStorage, '0', 'cpu', 4)
+      return None
+
+  for size, stride, ok in (((2, 2), (2, 1), True), ((2, 2), (3, 1), False),
+                           ((5,), (1,), False), ((2,), (-1,), False)):
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({'w': _Rebuild(size, stride)})
+    payload = buf.getvalue().replace(
+        f'{__name__}\n_rebuild_tensor_v2'.encode(), b'torch._utils\n_rebuild_tensor_v2'
+    ).replace(f'{__name__}\nFloatStorage'.encode(), b'torch\nFloatStorage')
+    path = str(tmp_path / 'strided.pth')
+    with zipfile.ZipFile(path, 'w') as zf:
+      zf.writestr('archive/data.pkl', payload)
+      zf.writestr('archive/data/0', np.arange(4, dtype='<f4').tobytes())
+    if ok:
+      np.testing.assert_array_equal(torch_files.read_torch_file(path)['w'],
+                                    [[0.0, 1.0], [2.0, 3.0]])
+    else:
+      with pytest.raises(ConfigError, match='malformed tensor'):
+        torch_files.read_torch_file(path)
 
 
 def test_reader_errors_are_one_line(tmp_path):

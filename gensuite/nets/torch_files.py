@@ -53,11 +53,18 @@ def _as_dtype(raw: bytes | memoryview, dtype, big_endian: bool = False) -> np.nd
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-  size, stride = tuple(size), tuple(stride)
-  if not size:
-    return np.array(storage[offset])
+  size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+    raise ConfigError(f'malformed tensor in a PyTorch file: size {size}, stride {stride}, '
+                      f'offset {offset}')
   if any(s == 0 for s in size):
     return np.zeros(size, storage.dtype)
+  last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+  if last >= storage.shape[0]:  # would read past the storage
+    raise ConfigError(f'malformed tensor in a PyTorch file: it reaches element {last} of '
+                      f'a storage of {storage.shape[0]}')
+  if not size:
+    return np.array(storage[offset])
   item = storage.dtype.itemsize
   view = np.lib.stride_tricks.as_strided(storage[offset:], size,
                                          tuple(s * item for s in stride))
@@ -99,6 +106,18 @@ _ALLOWED = {
     ('torch.jit._pickle', 'build_boollist'): list,
     ('torch.jit._pickle', 'build_tensorlist'): list,
 }
+
+
+class _NoGlobals(pickle.Unpickler):
+  """For the legacy format's header and key-list pickles: plain values only."""
+
+  def find_class(self, module, name):
+    raise ConfigError(f'refusing to load {module}.{name} from a PyTorch file header')
+
+
+class _Cell:
+  """A legacy-format tensor, filled in once the storages (after the pickle) are read."""
+  value = None
 
 
 class _Unpickler(pickle.Unpickler):
@@ -160,7 +179,9 @@ def _read_legacy(path: str) -> object:
     data = f.read()
   buf = io.BytesIO(data)
   try:
-    magic = pickle.Unpickler(buf).load()
+    magic = _NoGlobals(buf).load()
+  except ConfigError:
+    raise
   except Exception:  # pylint: disable=broad-except
     magic = None
   if magic != _LEGACY_MAGIC:
@@ -168,8 +189,8 @@ def _read_legacy(path: str) -> object:
                       f'format); allowed weight files: .pth/.pt from torch.save or '
                       f'torch.jit.save, or .npz')
   # The protocol number and the system info hold only ints, bools and strings.
-  pickle.Unpickler(buf).load()
-  sys_info = pickle.Unpickler(buf).load()
+  _NoGlobals(buf).load()
+  sys_info = _NoGlobals(buf).load()
   little = sys_info.get('little_endian', True) if isinstance(sys_info, dict) else True
   dtypes = {}  # storage key -> dtype
 
@@ -183,12 +204,12 @@ def _read_legacy(path: str) -> object:
   deferred = []
 
   def rebuild(storage, offset, size, stride, *unused):
-    cell = [None]
+    cell = _Cell()
     deferred.append((cell, storage, offset, size, stride))
     return cell
 
   result = _Unpickler(buf, load_storage, path, rebuild).load()
-  keys = pickle.Unpickler(buf).load()
+  keys = _NoGlobals(buf).load()
   storages = {}
   pos = buf.tell()
   for key in keys:
@@ -203,14 +224,14 @@ def _read_legacy(path: str) -> object:
     storage = storages[key]
     if view is not None:  # (view key, offset, size) of a storage view
       storage = storage[view[1]:view[1] + view[2]]
-    cell[0] = _rebuild_tensor(storage, offset, size, stride)
+    cell.value = _rebuild_tensor(storage, offset, size, stride)
   return _resolve(result)
 
 
 def _resolve(obj):
   """Replaces the legacy reader's placeholder cells by their tensors."""
-  if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], np.ndarray):
-    return obj[0]
+  if isinstance(obj, _Cell):
+    return obj.value
   if isinstance(obj, dict):
     return type(obj)((k, _resolve(v)) for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
