@@ -154,6 +154,9 @@ def validate(config) -> None:
     v = _get(config, path)
     if v < 0:
       raise ConfigError(f'config.{path} must be an integer >= 0 (0 = never), got {v!r}')
+  if config.eval.get('sample_batch', 0) < 0:
+    raise ConfigError(f'config.eval.sample_batch must be an integer >= 0 (0 = all samples '
+                      f'in one call), got {config.eval.sample_batch!r}')
   for path in ('data.name', 'net.name', 'method.name', 'sampler.name', 'optim.name'):
     if not isinstance(_get(config, path), str):
       raise ConfigError(f'config.{path} must be a string, got {_get(config, path)!r}')

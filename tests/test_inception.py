@@ -330,3 +330,11 @@ def test_cli_fid_train_eval_and_bad_input(weights_npz, tmp_path):
 def metrics_rows(workdir):
   from gensuite.train import logging as log_lib  # pylint: disable=g-import-not-at-top
   return log_lib.read_jsonl(workdir)
+
+
+def test_eval_sample_batch_must_be_non_negative():
+  from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_file('configs/flow_matching/toy2d.py')
+  config.eval.sample_batch = -1
+  with pytest.raises(ConfigError, match='sample_batch'):
+    config_lib.validate(config)
