@@ -242,6 +242,12 @@ def test_weights_errors_name_the_tensor():
   state['Mixed_7b.branch3x3_2a.conv.weight'] = np.zeros((384, 384, 3, 1), np.float32)
   with pytest.raises(ConfigError, match=r'Mixed_7b.branch3x3_2a kernel has shape'):
     inception.params_from_arrays(state)
+  state = inception.random_state_dict(0)
+  state['fc.weight'] = np.zeros((1000, 2048), np.float32)  # torchvision's ImageNet head
+  with pytest.raises(ConfigError, match='1008'):
+    inception.params_from_arrays(state)
+  state['fc.weight'] = np.zeros((1008, 2048), np.float32)
+  assert len(inception.params_from_arrays(state)) == 94
   with pytest.raises(ConfigError, match='no Inception-v3 tensors'):
     inception.params_from_arrays({'fc.weight': np.zeros((3, 3))})
   with pytest.raises(ConfigError, match='inception_weights'):

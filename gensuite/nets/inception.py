@@ -16,6 +16,8 @@ Weights are never downloaded. `load_weights` reads, without PyTorch:
   * a TorchScript port that keeps the TensorFlow graph's names (`layers.conv.weight`,
     `layers.mixed_9.tower_mixed_conv.beta`, with `beta`, `mean`, `var` per conv);
   * an .npz holding either set of names (no pickle involved at all).
+A file whose classifier has other than 1008 classes (torchvision's ImageNet
+Inception-v3 has the same conv shapes and 1000) is refused.
 
 Input handling (`resize`):
   'tf'           the TF graph's own preprocessing: bilinear resize to 299x299 with
@@ -180,6 +182,13 @@ def params_from_arrays(arrays: dict[str, np.ndarray], source: str = 'weights') -
   specs = conv_specs()
   found = _from_torchvision_names(arrays)
   layout = 'torchvision'
+  fc = [v for k, v in arrays.items() if k.endswith('fc.weight') and np.ndim(v) == 2]
+  if found and fc and fc[0].shape[0] != 1008:
+    # torchvision's ImageNet Inception-v3 shares every conv shape but is another net.
+    raise ConfigError(f'{source}: its classifier has {fc[0].shape[0]} classes; the FID '
+                      f'Inception-v3 (2015-12-05 graph) has 1008. These look like other '
+                      f'Inception-v3 weights (torchvision\'s ImageNet model has 1000), '
+                      f'which give FIDs that are not comparable')
   if not found:
     found, layout = _from_tf_names(arrays), 'tensorflow'
   if not found:
