@@ -33,7 +33,7 @@ from gensuite import train
 from gensuite.data import toy
 from gensuite.methods import distill, teachers
 from gensuite.metrics import distances
-from gensuite.train import logging as log_lib
+from gensuite import pictures
 
 VARIANTS = {  # row name -> toy2d variant tokens
     'reverse_kl': 'f_distill,reverse_kl', 'softened_reverse_kl': 'f_distill,softened_reverse_kl',
@@ -86,8 +86,8 @@ def main():
   heun = jax.jit(lambda k, n=args.num: teacher.sample(jax.random.normal(k, (n, 2)), 80.0, 18)[0])
   mean, std, x, ref = scores(mixture, lambda k, n: heun(k), args.num, args.seeds)
   print(fmt('teacher heun', 35, mean, std), flush=True)
-  log_lib.save_png(os.path.join(args.workdir, 'teacher_heun35.png'),
-                   log_lib.scatter_plot(x, ref, title='teacher, Heun 35 NFE'))
+  pictures.save_png(os.path.join(args.workdir, 'teacher_heun35.png'),
+                   pictures.scatter_plot(x, ref, title='teacher, Heun 35 NFE'))
   names = [n for n in args.only.split(',') if n] or list(VARIANTS)
   for name in names:
     config = toy2d.get_config(VARIANTS[name])
@@ -103,8 +103,8 @@ def main():
     mean, std, x, ref = scores(
         mixture, lambda k, n: run.sample(k, n, steps=1), args.num, args.seeds)
     print(fmt(name, 1, mean, std, f'{seconds:.0f} |'), flush=True)
-    log_lib.save_png(os.path.join(args.workdir, f'{name}.png'),
-                     log_lib.scatter_plot(x, ref, title=f'{name}, 1 NFE, {args.steps} steps'))
+    pictures.save_png(os.path.join(args.workdir, f'{name}.png'),
+                     pictures.scatter_plot(x, ref, title=f'{name}, 1 NFE, {args.steps} steps'))
 
 
 if __name__ == '__main__':

@@ -70,8 +70,9 @@ def _time_loop(config, steps: int, repeats: int) -> list[float]:
 
 def loop_vs_bare(config, steps: int = 50, repeats: int = 3) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.build_experiment(config)
+  from gensuite import experiment  # pylint: disable=g-import-not-at-top
+  from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
+  exp = experiment.build_experiment(config, load_run=run_lib.load_run)
   bare = _time_bare(exp, steps)
   rates = _time_loop(config, steps, repeats)
   looped = sorted(rates)[len(rates) // 2]
@@ -110,8 +111,9 @@ def _peak_memory() -> tuple[float, str]:
 def measure(config, steps: int = 20, repeats: int = 2, max_samples: int = 256) -> dict:
   """All suite figures for `config` on the current process's devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
-  exp = loop.build_experiment(config)
+  from gensuite import experiment  # pylint: disable=g-import-not-at-top
+  from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
+  exp = experiment.build_experiment(config, load_run=run_lib.load_run)
   state = exp.init_state()
   batch = exp.global_batch(0)
   t0 = time.perf_counter()
@@ -309,8 +311,11 @@ def write_markdown(rows: list[dict], path: str, command: str, machine: dict) -> 
 
 
 if __name__ == '__main__':
-  if len(sys.argv) >= 4 and sys.argv[1] == '--worker':
+  # Only the suite's worker subprocess runs this module as a script (see _run_worker);
+  # people use `gensuite bench`, so this module never imports the CLI.
+  if len(sys.argv) == 4 and sys.argv[1] == '--worker':
     worker_main(sys.argv[2], int(sys.argv[3]))
   else:
-    from gensuite import cli  # pylint: disable=g-import-not-at-top
-    cli.main(['gensuite', 'bench'] + sys.argv[1:])
+    print('usage: python -m gensuite.bench --worker SPEC STEPS  (the suite\'s worker; '
+          'run benchmarks with `gensuite bench`)', file=sys.stderr)
+    sys.exit(2)

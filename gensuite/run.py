@@ -12,8 +12,9 @@ import numpy as np
 
 from gensuite import config as config_lib
 from gensuite.errors import ConfigError
+from gensuite import evaluate as evaluate_lib
+from gensuite import experiment as experiment_lib
 from gensuite.train import checkpoint as ckpt_lib
-from gensuite.train import loop
 
 
 class Run:
@@ -21,17 +22,18 @@ class Run:
   def __init__(self, workdir: str, step: int | None = None):
     self.workdir = workdir
     self.config = config_lib.load(workdir)
-    self.experiment = loop.build_experiment(self.config)
+    self.experiment = experiment_lib.build_experiment(self.config, load_run=load_run)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     try:
       steps = ckpt.all_steps()
       if not steps:
         raise ConfigError(f'no checkpoint in {workdir}/checkpoints yet')
-      if step is None:
-        step = max(steps)
+      if step is None:  # the newest readable step, with a warning for newer ones
+        step, self.state = ckpt.restore_latest(self.experiment.abstract_state())
       elif step not in steps:
         raise ConfigError(f'no checkpoint for step {step} in {workdir}; have {sorted(steps)}')
-      self.state = ckpt.restore(step, self.experiment.abstract_state())
+      else:
+        self.state = ckpt.restore(step, self.experiment.abstract_state())
     finally:
       ckpt.close()
     self.step = step
@@ -47,7 +49,7 @@ class Run:
     return self.experiment.sample(self.state, rng, num, **kw)
 
   def evaluate(self, **sample_kw) -> dict[str, float]:
-    return loop.evaluate(self.experiment, self.state, self.step, **sample_kw)
+    return evaluate_lib.evaluate(self.experiment, self.state, self.step, **sample_kw)
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:

@@ -306,7 +306,8 @@ def test_run_teacher_distills_a_diffusion_run(tmp_path):
   config = digits.get_config('smoke')
   config.teacher.workdir = teacher_dir
   teacher = teachers.build(config, data_lib.build(config.data, seed=0,
-                                                  global_batch_size=16).spec)
+                                                  global_batch_size=16).spec,
+                           load_run=gensuite.load_run)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
   own = teacher.method.denoiser_fn(teacher.params)(x, 1.7)
   np.testing.assert_allclose(teacher.denoiser(x, jnp.full((3,), 1.7)), own, rtol=1e-5,

@@ -12,6 +12,7 @@ import math
 import os
 
 import jax
+import gensuite
 import ml_collections
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def vae_run(tmp_path_factory):
 
 def _latents(vae_workdir, **fields):
   c = ml_collections.ConfigDict(dict(name='latents', vae_workdir=vae_workdir, **fields))
-  return data_lib.build(c, seed=3, global_batch_size=32)
+  return data_lib.build(c, seed=3, global_batch_size=32, load_run=gensuite.load_run)
 
 
 def test_codes_are_standardised_encoder_means_and_decode_inverts(vae_run):

@@ -45,12 +45,12 @@ def test_nonfinite_step_stops_before_any_bad_checkpoint(tmp_path):
 
 
 def test_skip_nonfinite_leaves_state_unchanged_and_counts_the_step(tmp_path, monkeypatch):
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
+  from gensuite import experiment  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('GENSUITE_FAULT_NAN_AT_STEP', '3')
   config = config_lib.from_file(TOY)
   with config.unlocked():
     config.train.skip_nonfinite = True
-  exp = loop.build_experiment(config)
+  exp = experiment.build_experiment(config)
   state = exp.init_state()
   acc = exp.empty_accumulator(state)
   snapshots = []
@@ -129,14 +129,14 @@ def test_check_section_for_a_method_section():
     (TOY, {'data.name': 'digits'}, "net 'mlp' needs vector data"),
 ])
 def test_net_and_data_mismatch_fails_before_compile(spec, overrides, needle):
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
+  from gensuite import experiment  # pylint: disable=g-import-not-at-top
   config = config_lib.from_file(spec)
   with config.unlocked():
     for path, value in overrides.items():
       section, name = path.split('.')
       config[section][name] = value
   with pytest.raises(ConfigError, match=needle):
-    loop.build_experiment(config)
+    experiment.build_experiment(config)
 
 
 # ---- checkpoints: no pickle, architecture mismatch ---------------------------------

@@ -341,12 +341,12 @@ def test_digits_smoke_writes_image_grids(tmp_path):
 @pytest.mark.slow
 def test_mnist_config_builds_with_tfds_mock_data(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
+  from gensuite import experiment  # pylint: disable=g-import-not-at-top
   config = config_lib.from_file('configs/vae/mnist.py:smoke')
   with config.unlocked():
     config.data.data_dir = str(tmp_path / 'tfds')
   with tfds.testing.mock_data(num_examples=12):
-    exp = loop.build_experiment(config)
+    exp = experiment.build_experiment(config)
     assert exp.data.spec.shape == (28, 28, 1)
     state = exp.init_state()
     state, metrics = exp.bare_step(state, exp.global_batch(0))

@@ -112,8 +112,12 @@ def names_hint() -> str:
 
 
 def build(data_config, *, seed: int, global_batch_size: int, process_index: int = 0,
-          process_count: int = 1):
-  """Builds the dataset named by `data_config.name` (see module docstring)."""
+          process_count: int = 1, load_run=None):
+  """Builds the dataset named by `data_config.name` (see module docstring).
+
+  load_run(workdir) loads another run, for data made by one ('latents': a VAE run);
+  gensuite.experiment passes gensuite.load_run.
+  """
   name = data_config.name
   kw = dict(seed=seed, global_batch_size=global_batch_size,
             process_index=process_index, process_count=process_count)
@@ -122,7 +126,7 @@ def build(data_config, *, seed: int, global_batch_size: int, process_index: int 
     return ToyData(name, toy.get(name, **params), **kw)
   if name == 'latents':  # a trained VAE run's codes (gensuite/data/latents.py)
     from gensuite.data import latents  # pylint: disable=g-import-not-at-top
-    return latents.build(data_config, **kw)
+    return latents.build(data_config, load_run=load_run, **kw)
   from gensuite.data import images  # pylint: disable=g-import-not-at-top
   if images.is_image_dataset_name(name):
     source = images.open_image_source(name, split=data_config.get('split', 'train'),

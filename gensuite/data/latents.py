@@ -2,14 +2,15 @@
 
   config.data = dict(name='latents', vae_workdir='runs/vae_digits', latents='mean',
                      standardize=True)
-  data = gensuite.data.build(config.data, seed=0, global_batch_size=128)
+  data = gensuite.data.build(config.data, seed=0, global_batch_size=128,
+                             load_run=gensuite.load_run)
   data.batch(step)['x']          # [B, latent_dim] codes (and 'label' when the data has them)
   images = data.decode(z)        # codes -> the VAE decoder's mean, in data space
   data.reference(rng, 500)       # real data (images), the space decoded samples live in
 
 Flow matching in latent space (Dao et al., arXiv 2307.08698) trains the usual flow
 on z = Enc(x) of a frozen autoencoder and decodes what it samples. The VAE run
-is loaded with gensuite.load_run (latest checkpoint, EMA params unless
+is loaded with the load_run it is given (gensuite.load_run: latest checkpoint, EMA params unless
 data.use_ema is False). Its whole training split is encoded once (an image
 dataset), or data.num_examples fresh draws of a toy distribution. latents='mean'
 uses the posterior means mu(x); latents='sample' draws z = mu + sigma * eps afresh
@@ -62,8 +63,11 @@ class _CodeSource:
 
 
 def build(data_config, *, seed: int, global_batch_size: int, process_index: int = 0,
-          process_count: int = 1):
-  """LatentData from config.data (see module docstring); ConfigError on bad fields."""
+          process_count: int = 1, load_run=None):
+  """LatentData from config.data (see module docstring); ConfigError on bad fields.
+
+  load_run(workdir) loads the VAE run (gensuite.load_run; the experiment passes it).
+  """
   vae_workdir = data_config.get('vae_workdir', '') or ''
   if not vae_workdir:
     raise ConfigError("data 'latents' needs data.vae_workdir, the workdir of a trained "
@@ -74,8 +78,11 @@ def build(data_config, *, seed: int, global_batch_size: int, process_index: int 
   num_examples = int(data_config.get('num_examples', 10000))
   if num_examples <= 0:
     raise ConfigError(f'data.num_examples must be positive, got {num_examples}')
-  from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
-  vae_run = run_lib.load_run(vae_workdir)
+  if load_run is None:
+    raise ConfigError("data 'latents' loads its VAE run through the experiment: build it "
+                      'with gensuite.experiment.build_experiment, or pass '
+                      'load_run=gensuite.load_run to gensuite.data.build')
+  vae_run = load_run(vae_workdir)
   if vae_run.config.method.name != 'vae':
     raise ConfigError(f'data.vae_workdir={vae_workdir} holds a '
                       f'{vae_run.config.method.name!r} run; latents need a VAE run '

@@ -6,13 +6,13 @@
   x = method.sample(state, rng, num, sampler='heun', steps=50)
 
 All three are pure functions of their arguments and know nothing about devices.
+The whole interface, and what the families share (optimizer/EMA construction, the
+one-network train step, sampling through a field), is in gensuite/methods/base.py.
 """
 import importlib
-from typing import Any, Protocol
-
-import jax
 
 from gensuite.errors import lookup
+from gensuite.methods.base import Method
 
 # name -> 'module:Class', imported on use so one family's imports never slow another's.
 METHODS = {
@@ -24,27 +24,11 @@ METHODS = {
 }
 
 
-class Method(Protocol):
-
-  def init(self, rng: jax.Array, batch: dict) -> Any:
-    ...
-
-  def train_step(self, state: Any, batch: dict, rng: jax.Array) -> tuple[Any, dict]:
-    ...
-
-  def sample(self, state: Any, rng: jax.Array, num: int, **sampler_kw) -> jax.Array:
-    ...
-
-  # Optional: extra eval scalars and pictures, called by the loop at every eval with
-  # the host-side data object:
-  #   def evaluate(self, state, rng, data, workdir=None)
-  #       -> tuple[dict[str, float], dict[str, np.ndarray (H, W, C) uint8 image]]
-
-
 def get_class(name: str):
   module, cls = lookup('method', name, METHODS).split(':')
   return getattr(importlib.import_module(module), cls)
 
 
-def build(config, data_spec) -> Method:
-  return get_class(config.method.name)(config, data_spec)
+def build(config, data_spec, load_run=None) -> Method:
+  """The method config.method.name; load_run(workdir) loads other runs (teachers)."""
+  return get_class(config.method.name)(config, data_spec, load_run=load_run)

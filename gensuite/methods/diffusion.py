@@ -39,8 +39,7 @@ import numpy as np
 from gensuite import nets, samplers
 from gensuite.samplers import frames
 from gensuite.errors import ConfigError
-from gensuite.train import optim
-from gensuite.train.single_net import SingleNetMethod
+from gensuite.methods.base import FieldSampling, Method, SingleNetMethod
 
 FORMULATIONS = ('edm', 'vp', 've')
 WEIGHTINGS = ('default', 'likelihood')
@@ -87,14 +86,12 @@ def _positive(mc, key, default):
   return v
 
 
-class Diffusion(SingleNetMethod):
+class Diffusion(SingleNetMethod, FieldSampling, Method):
   """VP / VE / EDM denoising diffusion (see module docstring)."""
 
-  def __init__(self, config, data_spec):
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
     mc = config.method
-    self.config = config
-    self.spec = data_spec
-    self.data_shape = tuple(data_spec.shape)
     self.formulation = mc.get('formulation', 'edm')
     if self.formulation not in FORMULATIONS:
       raise ConfigError(f'unknown method.formulation {self.formulation!r}; allowed: '
@@ -147,11 +144,7 @@ class Diffusion(SingleNetMethod):
     self.net = nets.build(config.net, data_shape=self.data_shape,
                           out_dim_or_channels=self.data_shape[-1], num_classes=num_classes,
                           data_name=data_spec.name)
-    num_steps = int(config.train.num_steps)
-    self.lr_schedule = optim.schedule(config.optim, num_steps)
-    self.tx = optim.build(config.optim, num_steps)
-    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
-    samplers.check_name(config.sampler.name, allowed=samplers.SIGMA_SAMPLERS)
+    samplers.check_field_config(config.sampler, 'denoiser')
 
   # ---- the network in each formulation ----------------------------------------
 
@@ -259,26 +252,6 @@ class Diffusion(SingleNetMethod):
       return samplers.vp_sigmas(int(steps), self.sample_t_eps, self.beta_min, self.beta_max)
     return samplers.ve_sigmas(int(steps), self.sigma_min, self.sigma_max)
 
-  def sample(self, state, rng, num: int, sampler: str | None = None,
-             steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
-             **options):
-    """num samples: the named sampler on `sigma_grid(steps)` from x = sigma_0 z.
-
-    Sampler options (eta, s_churn, snr, ...) come from config.sampler, then `options`.
-    """
-    sampler = sampler or self.config.sampler.name
-    steps = int(steps or self.config.sampler.steps)
-    params = state.eval_params(use_ema)
-    k_x, k_y, k_s = jax.random.split(rng, 3)
-    if self.conditional and label is None:
-      label = jax.random.randint(k_y, (num,), 0, self.spec.num_classes)
-    if not self.conditional:
-      label = None
-    sigmas = self.sigma_grid(steps)
-    x = float(sigmas[0]) * jax.random.normal(k_x, (num,) + self.data_shape)
-    fn = self.denoiser_fn(params, label, cfg_scale)
-    options = samplers.options_from_config(sampler, self.config.sampler, **options)
-    x, _ = samplers.sample_sigmas(sampler, fn, x, sigmas, k_s, **options)
-    return x
-
-
+  def field(self, params, label=None, cfg_scale: float = 1.0) -> samplers.Field:
+    """The VE-frame denoiser on this formulation's grid (FieldSampling.sample uses it)."""
+    return samplers.Field.denoiser(self.denoiser_fn(params, label, cfg_scale), self.sigma_grid)

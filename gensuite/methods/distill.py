@@ -54,9 +54,10 @@ import optax
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError
-from gensuite.methods import divergences, teachers
-from gensuite.train import optim
-from gensuite.train.state import TrainState, ema_name
+from gensuite.methods import divergences, optim, teachers
+from gensuite.methods.base import Method
+from gensuite.methods.diffusion import edm_preconditioning
+from gensuite.methods.state import TrainState, ema_name
 
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 DISC_HEADS = ('separate', 'fake_score', 'none')
@@ -74,13 +75,6 @@ def _bcast(v, x):
 
 def _mean_dims(x):
   return jnp.mean(x, axis=tuple(range(1, x.ndim)))
-
-
-def edm_precond(sigma, sigma_data):
-  """c_skip, c_out, c_in, c_noise of Karras et al. 2022 (ALGORITHMS.md §1.2)."""
-  s2, d2 = sigma**2, sigma_data**2
-  return d2 / (s2 + d2), sigma * sigma_data / jnp.sqrt(s2 + d2), 1.0 / jnp.sqrt(s2 + d2), \
-      jnp.log(sigma) / 4.0
 
 
 def pseudo_loss(x0, g):
@@ -107,14 +101,12 @@ def mode_statistics(x, means, weights, stds):
   return float(tv), covered, mass
 
 
-class Distill:
+class Distill(Method):
   """f-distill / DMD / DMD2 (see module docstring)."""
 
-  def __init__(self, config, data_spec):
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
     mc = config.method
-    self.config = config
-    self.spec = data_spec
-    self.data_shape = tuple(data_spec.shape)
     self.objective = mc.get('objective', 'f_distill')
     if self.objective not in OBJECTIVES:
       raise ConfigError(f'unknown method.objective {self.objective!r}; allowed: '
@@ -199,7 +191,7 @@ class Distill:
       raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
                         f'student\'s method.gen_steps={self.gen_steps}')
     # Teacher and networks.
-    self.teacher = teachers.build(config, data_spec)
+    self.teacher = teachers.build(config, data_spec, load_run)
     self.sigma_data = float(mc.get('sigma_data', 0.0) or self.teacher.sigma_data)
     self.from_teacher = self.teacher.params is not None and bool(
         mc.get('init_from_teacher', True))
@@ -229,7 +221,6 @@ class Distill:
       schedules[name] = optim.schedule(oc, num_steps)
       self.txs[name] = optim.build(oc, num_steps)
     self.lr_schedule = schedules['generator']
-    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
 
   @property
   def net_names(self):
@@ -240,7 +231,7 @@ class Distill:
   def _local(self, net, params, x, sigma):
     """EDM-preconditioned denoiser c_skip x + c_out F(c_in x, c_noise), extra channels."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
-    c_skip, c_out, c_in, c_noise = edm_precond(sigma, self.sigma_data)
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
     out = net.apply({'params': params}, _bcast(c_in, x) * x, c_noise)
     c = self.channels
     d = _bcast(c_skip, x) * x + _bcast(c_out, x) * out[..., :c]
@@ -265,7 +256,7 @@ class Distill:
     if self.disc_head == 'fake_score':
       return self.fake_denoiser(params['fake_score'], x, sigma)[1]
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
-    _, _, c_in, c_noise = edm_precond(sigma, self.sigma_data)
+    _, _, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
     out = self.disc_net.apply({'params': params['discriminator']}, _bcast(c_in, x) * x,
                               c_noise)
     return _mean_dims(out)

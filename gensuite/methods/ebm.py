@@ -40,13 +40,13 @@ import numpy as np
 
 from gensuite import nets
 from gensuite.errors import ConfigError, lookup
+from gensuite import samplers
+from gensuite.methods.base import Method
+from gensuite.methods.state import TrainState, apply_gradients
 from gensuite.samplers import langevin, smc
-from gensuite.train import optim
-from gensuite.train.state import TrainState, apply_gradients
 
 ESTIMATORS = ('jarzynski', 'ula_unweighted', 'pcd', 'cd')
 ENERGY_NETS = ('energy_mlp', 'energy_conv', 'gmm_energy')
-SAMPLERS = ('ula', 'mala')
 
 
 def _positive(what, value, integer=False):
@@ -59,14 +59,12 @@ def _positive(what, value, integer=False):
   return int(value) if integer else float(value)
 
 
-class EBM:
+class EBM(Method):
   """Energy-based model family (see module docstring)."""
 
-  def __init__(self, config, data_spec):
+  def __init__(self, config, data_spec, load_run=None):
     mc = config.method
-    self.config = config
-    self.spec = data_spec
-    self.data_shape = tuple(data_spec.shape)
+    super().__init__(config, data_spec, load_run)
     self.estimator = mc.get('estimator', 'jarzynski')
     if self.estimator not in ESTIMATORS:
       raise ConfigError(f'unknown method.estimator {self.estimator!r}; allowed: '
@@ -97,15 +95,9 @@ class EBM:
       net = net.clone(image_size=self.data_shape[:2])
     self.net = net
     self.is_gmm = config.net.name == 'gmm_energy'
-    if config.sampler.name not in SAMPLERS:
-      raise ConfigError(f'method ebm samples with sampler.name in {", ".join(SAMPLERS)}; '
-                        f'got {config.sampler.name!r}')
+    samplers.check_field_config(config.sampler, 'energy')
     self.sample_step_size = _positive('sampler.step_size',
                                       config.sampler.get('step_size', self.step_size))
-    num_steps = int(config.train.num_steps)
-    self.lr_schedule = optim.schedule(config.optim, num_steps)
-    self.tx = optim.build(config.optim, num_steps)
-    self.ema_decays = tuple(config.optim.get('ema_decays', ()))
 
   # ---- pieces ------------------------------------------------------------------
 
@@ -230,24 +222,19 @@ class EBM:
                  num_resamples=num_resamples)
     return new_state.replace(extra=extra), {**metrics, **norms}
 
+  def field(self, params) -> samplers.Field:
+    return samplers.Field.energy(self.energy_fn(params), self.sample_step_size)
+
   def sample(self, state, rng, num: int, sampler: str | None = None,
-             steps: int | None = None, use_ema=False, step_size: float | None = None):
-    """num draws: walkers picked by their weights, then `steps` ULA or MALA steps."""
-    sampler = sampler or self.config.sampler.name
-    if sampler not in SAMPLERS:
-      raise ConfigError(f'ebm samples with one of {", ".join(SAMPLERS)}; got {sampler!r}')
-    steps = int(self.config.sampler.steps if steps is None else steps)
-    h = float(step_size or self.sample_step_size)
-    params = state.eval_params(use_ema)
+             steps: int | None = None, use_ema=False, **options):
+    """num draws: walkers picked by their weights, then `steps` ULA or MALA steps
+    (option step_size, default config.sampler.step_size or method.step_size)."""
+    name, steps, options = samplers.resolve(self.config.sampler, sampler, steps, options)
     k_pick, k_run = jax.random.split(rng)
     idx = jax.random.categorical(k_pick, state.extra['log_weights'], shape=(num,))
     x = state.extra['walkers'][idx]
-    energy = self.energy_fn(params)
-    if sampler == 'mala':
-      x, _ = langevin.mala(energy, x, k_run, h, steps)
-    else:
-      x, _ = langevin.ula(None, x, k_run, h, steps, energy_fn=energy)
-    return x
+    return samplers.sample(name, self.field(state.eval_params(use_ema)), x, k_run, steps,
+                           **options)
 
   def exact_cross_entropy(self, params, data_x) -> jax.Array:
     """mean_data U + log Z with the exact log Z (GMM energy only)."""

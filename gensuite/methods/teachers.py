@@ -1,6 +1,6 @@
 """Teachers for score distillation: one interface over exact and trained denoisers.
 
-  teacher = teachers.build(config, data_spec)    # ConfigError if none or missing
+  teacher = teachers.build(config, data_spec, load_run)   # ConfigError if none/missing
   d = teacher.denoiser(x, sigma)                 # E[x0 | x0 + sigma eps = x], VE frame
   s = teacher.score(x, sigma)                    # (d - x) / sigma^2
   y, nfe = teacher.sample(z, steps=18)           # EDM Heun from sigma_max z: 35 NFE
@@ -11,7 +11,8 @@
                    config.data; a toy mixture name, e.g. '8gaussians', builds it from
                    config.teacher.params).
   RunTeacher       a trained gensuite run in config.teacher.workdir, loaded with
-                   gensuite.load_run (its own config.json, its EMA weights); its
+                   the load_run it is given (gensuite.load_run: its own config.json,
+                   its EMA weights); its
                    method must expose denoiser_fn(params, label=None) -> fn(x, sigma)
                    in the VE frame. A RunTeacher also lends its architecture:
                    `apply(params, x, sigma)` runs the teacher's network with other
@@ -69,15 +70,11 @@ class AnalyticTeacher:
 class RunTeacher:
   """A trained diffusion or flow-matching run, frozen at its EMA weights."""
 
-  def __init__(self, workdir: str):
-    from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
+  def __init__(self, workdir: str, load_run):
     self.workdir = workdir
-    self.run = run_lib.load_run(workdir)
+    self.run = load_run(workdir)
     self.method = self.run.method
-    if not hasattr(self.method, 'denoiser_fn'):
-      raise ConfigError(f'teacher run {workdir} uses method '
-                        f'{self.run.config.method.name!r}, which has no denoiser_fn; '
-                        'use a diffusion or flow_matching run')
+    self.method.denoiser_fn(None)  # ConfigError (one line) for a run with no denoiser
     self.data_shape = tuple(self.run.experiment.data.spec.shape)
     self.sigma_data = float(self.run.config.method.get('sigma_data', 0.5))
     self.params = self.run.state.eval_params(True)
@@ -118,8 +115,11 @@ def _mixture(name: str, params: dict):
   return dist
 
 
-def build(config, data_spec):
-  """The teacher named by config.teacher (exactly one of analytic / workdir)."""
+def build(config, data_spec, load_run=None):
+  """The teacher named by config.teacher (exactly one of analytic / workdir).
+
+  load_run(workdir) loads a run teacher (gensuite.load_run; the experiment passes it).
+  """
   tc = config.get('teacher', None)
   analytic = str(tc.get('analytic', '') or '') if tc is not None else ''
   workdir = str(tc.get('workdir', '') or '') if tc is not None else ''
@@ -134,7 +134,11 @@ def build(config, data_spec):
     if not os.path.exists(os.path.join(workdir, 'config.json')):
       raise ConfigError(f'config.teacher.workdir={workdir!r} holds no run '
                         '(no config.json); train the teacher first')
-    teacher = RunTeacher(workdir)
+    if load_run is None:
+      raise ConfigError('a run teacher (config.teacher.workdir) is loaded by the experiment: '
+                        'build the method through gensuite.experiment.build_experiment, or '
+                        'pass load_run=gensuite.load_run')
+    teacher = RunTeacher(workdir, load_run)
   elif analytic == 'data':
     teacher = AnalyticTeacher(_mixture(config.data.name,
                                        dict(config.data.get('params', {}) or {})))

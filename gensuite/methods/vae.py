@@ -42,8 +42,9 @@ import numpy as np
 
 from gensuite.errors import ConfigError
 from gensuite.nets import vae as vae_nets
-from gensuite.train import optim
-from gensuite.train.state import TrainState, apply_gradients
+from gensuite import pictures
+from gensuite.methods.base import Method
+from gensuite.methods.state import TrainState, apply_gradients
 
 LIKELIHOODS = ('gaussian', 'bernoulli', 'logistic')
 VARIANCES = ('learned_scalar', 'learned_pixel', 'fixed', 'balanced')
@@ -104,14 +105,12 @@ def _positive_int(mc, key, default):
   return v
 
 
-class VAE:
+class VAE(Method):
   """A VAE with the likelihoods and balancing schemes of the module docstring."""
 
-  def __init__(self, config, data_spec):
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
     mc = config.method
-    self.config = config
-    self.spec = data_spec
-    self.data_shape = tuple(data_spec.shape)
     self.dim = int(math.prod(self.data_shape))
     self.latent_dim = _positive_int(mc, 'latent_dim', 8)
     self.likelihood = mc.get('likelihood', 'gaussian')
@@ -162,10 +161,6 @@ class VAE:
     self.encoder, self.decoder = vae_nets.build_vae_nets(
         config.net, data_shape=self.data_shape, latent_dim=self.latent_dim,
         out_channels=self.channels * (2 if two else 1))
-    num_steps = int(config.train.num_steps)
-    self.lr_schedule = optim.schedule(config.optim, num_steps)
-    self.tx = optim.build(config.optim, num_steps)
-    self.ema_decays = tuple(config.optim.get('ema_decays', ()))
     self._eval_x = None
     self._eval_fns = {}
 
@@ -355,7 +350,6 @@ class VAE:
     return scalars, images
 
   def _pictures(self, params, x, mu, rng) -> dict[str, np.ndarray]:
-    from gensuite.train import logging as log_lib  # pylint: disable=g-import-not-at-top
     if self.spec.kind == 'image':
       x, mu = x[:32], mu[:32]
     recon = np.asarray(self._jitted('decode', self.decode)(params, mu))
@@ -363,10 +357,10 @@ class VAE:
         params, jax.random.normal(rng, (64, self.latent_dim))))
     if self.spec.kind == 'image':
       pairs = np.stack([x, recon], 1).reshape((-1,) + x.shape[1:])
-      return {'reconstructions': log_lib.image_grid(pairs, ncols=16),
-              'prior_samples': log_lib.image_grid(prior)}
+      return {'reconstructions': pictures.image_grid(pairs, ncols=16),
+              'prior_samples': pictures.image_grid(prior)}
     if self.dim >= 2:
       flat = lambda a: a.reshape(a.shape[0], -1)[:, :2]
-      return {'reconstructions': log_lib.scatter_plot(flat(recon), flat(x),
+      return {'reconstructions': pictures.scatter_plot(flat(recon), flat(x),
                                                       title='reconstructions')}
     return {}
