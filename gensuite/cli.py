@@ -8,12 +8,20 @@
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
 
-Bad input (unknown names, wrong types, incompatible settings) prints one line
-`gensuite: error: ...` and exits with code 2 before anything is written.
+Bad input (unknown names, wrong types, incompatible settings, a config file that
+is missing or rejects its variant) prints one line `gensuite: error: ...` and exits
+with code 2 before anything is written.
+
+`gensuite`, `gensuite --help` (or -h, or `gensuite help`) print the commands to
+stdout and exit 0; `gensuite CMD --help` (or `gensuite help CMD`) prints CMD's
+usage and flags.
 """
+import collections
+import errno
 import logging as std_logging
 import os
 import sys
+import textwrap
 
 from absl import flags
 from absl import logging
@@ -21,17 +29,57 @@ from ml_collections import config_flags
 
 from gensuite.errors import ConfigError
 
-COMMANDS = ('train', 'sample', 'eval', 'bench', 'sweep')
+Command = collections.namedtuple('Command', 'summary usage flags required')
+# Every command: a one-line summary, its usage lines, the flags it reads (in the
+# order --help lists them) and which of those it requires.
+COMMANDS = {
+    'train': Command(
+        'Train a config in a run directory; resumes from its newest checkpoint.',
+        ('gensuite train --config=configs/flow_matching/toy2d.py[:variant] --workdir=DIR '
+         '[--config.a.b=v]',),
+        ('config', 'workdir', 'multihost'), ('config', 'workdir')),
+    'sample': Command(
+        'Draw samples from a run\'s checkpoint into a .npz file.',
+        ('gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz',),
+        ('workdir', 'out', 'num', 'step', 'sampler', 'steps', 'seed', 'use_ema'),
+        ('workdir', 'out')),
+    'eval': Command(
+        'Evaluate a run\'s checkpoint; logs the metrics at its step.',
+        ('gensuite eval --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...] '
+         '[--num=N]',
+         'gensuite eval --workdir=DIR --metrics=fid --inception_weights=FILE '
+         '[--fid_stats=FILE.npz]'),
+        ('workdir', 'metrics', 'num', 'step', 'sampler', 'steps', 'use_ema',
+         'inception_weights', 'fid_stats', 'inception_resize'),
+        ('workdir',)),
+    'bench': Command(
+        'Time the training loop against the bare jitted step (--config), or run the '
+        'benchmark suite (--suite).',
+        ('gensuite bench --config=... [--steps=50]       # loop vs bare jitted step',
+         'gensuite bench --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] '
+         '[--out=FILE.md]'),
+        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out'), ()),
+    'sweep': Command(
+        'Train one run per point of a sweep file and tabulate them.',
+        ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
+         '[--parallel=N]',),
+        ('config', 'sweep', 'workdir', 'parallel'), ('config', 'sweep', 'workdir')),
+}
+# What --help shows as a flag's value, where its type alone says too little.
+_METAVARS = {'workdir': 'DIR', 'out': 'FILE', 'sweep': 'FILE.py', 'sampler': 'NAME',
+             'inception_weights': 'FILE', 'fid_stats': 'FILE.npz'}
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, with optional :variant.',
                                 lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory (created; resumed if it holds a run).')
+flags.DEFINE_string('workdir', None, 'Run directory (train: created, or resumed if it '
+                    'holds a run).')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize (several hosts).')
 flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: sets '
                      'config.eval.num_samples.')
 flags.DEFINE_string('sampler', None, 'sample/eval: sampler name (default: the config\'s).')
 flags.DEFINE_integer('steps', None, 'sample/eval: sampler steps; bench: timed steps.')
-flags.DEFINE_string('out', None, 'sample: output .npz file.')
+flags.DEFINE_string('out', None, 'sample: output .npz file; bench --suite: markdown file '
+                    '(default: docs/benchmarks.md).')
 flags.DEFINE_integer('seed', 0, 'sample: random seed.')
 flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params.')
 flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.metrics).')
@@ -54,6 +102,131 @@ flags.DEFINE_bool('smoke', False, 'bench --suite: use each config file\'s smoke 
 def _fail(message: str) -> None:
   print(f'gensuite: error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+# ---- help --------------------------------------------------------------------------
+
+def overview() -> str:
+  """The commands, each with its summary and usage: `gensuite --help`."""
+  lines = ['usage: gensuite COMMAND [--flag=value ...]', '', 'commands:']
+  for name, command in COMMANDS.items():
+    lines.append(f'  {name:<7} {command.summary}')
+    lines.extend(f'          {usage}' for usage in command.usage)
+  lines += ['', "`gensuite COMMAND --help` lists that command's flags."]
+  return '\n'.join(lines)
+
+
+def _flag_usage(name: str) -> str:
+  flag = FLAGS[name]
+  if name == 'config':
+    return '--config=FILE.py[:variant]'
+  kind = flag.flag_type()
+  if kind == 'bool':
+    return f'--[no]{name}'
+  if kind.startswith('multi') or isinstance(flag.parser, flags.ListParser):
+    return f'--{name}=A,B,...'
+  if hasattr(flag.parser, 'enum_values'):
+    return f'--{name}={{{"|".join(flag.parser.enum_values)}}}'
+  return f'--{name}=' + _METAVARS.get(name, {'int': 'INT', 'float': 'FLOAT'}.get(kind, 'STR'))
+
+
+def command_help(name: str) -> str:
+  """`gensuite NAME --help`: NAME's usage, summary and flags with their help."""
+  command = COMMANDS[name]
+  lines = ['usage: ' + command.usage[0]]
+  lines.extend('       ' + usage for usage in command.usage[1:])
+  lines += ['', command.summary, '', 'flags:']
+  for flag_name in command.flags:
+    flag = FLAGS[flag_name]
+    text = flag.help
+    if hasattr(flag.parser, 'enum_values') and text.startswith('<'):
+      text = text.split(': ', 1)[-1]  # absl prepends the choices, shown above
+    if flag_name in command.required:
+      text += ' Required.'
+    elif flag.default is not None and flag_name != 'config':
+      default = flag.default
+      if isinstance(default, (list, tuple)):
+        default = ','.join(map(str, default))
+      text += f' (default: {default})'
+    lines.append('  ' + _flag_usage(flag_name))
+    lines.extend(textwrap.wrap(text, 86, initial_indent='      ',
+                               subsequent_indent='      ', break_on_hyphens=False))
+    if flag_name == 'config':
+      lines.append('  --config.a.b=v')
+      lines.append('      Override one config field, e.g. --config.train.num_steps=100.')
+  return '\n'.join(lines)
+
+
+def _help(argv: list[str]) -> bool:
+  """Prints the help `argv` asks for, if it asks for help; returns whether it did."""
+  if len(argv) < 2 or argv[1] in ('-h', '--help'):
+    print(overview())
+    return True
+  if argv[1] == 'help':
+    if len(argv) > 2 and argv[2] in COMMANDS:
+      print(command_help(argv[2]))
+    elif len(argv) > 2:
+      _fail(f'unknown command {argv[2]!r}; allowed: {", ".join(COMMANDS)}')
+    else:
+      print(overview())
+    return True
+  if argv[1] in COMMANDS and any(a in ('-h', '--help') for a in argv[2:]):
+    print(command_help(argv[1]))
+    return True
+  return False
+
+
+# ---- flag and config-file errors ---------------------------------------------------
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config in `argv` (FILE.py[:variant]), if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def parse_error_message(error: BaseException, argv: list[str]) -> str:
+  """One line for an error raised while parsing flags or loading the config file.
+
+  ml_collections re-raises what the config file's get_config raises (a ValueError for
+  an unknown variant, say) as `type(e)('Error whilst parsing config file:' + the
+  traceback)`, which absl wraps again as IllegalFlagValueError('flag --config=...:
+  ...'): the config's own message is the innermost exception of that chain. A
+  missing config file surfaces, on first access to the config, as an OSError whose
+  message lists the paths ml_collections tried. An override of a field the config
+  lacks surfaces as a KeyError holding just the field's name.
+  """
+  chain = [error]
+  while len(chain) < 20 and (chain[-1].__cause__ or chain[-1].__context__):
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  inner = chain[-1]
+  text = ' '.join(str(e) for e in chain)
+  spec = _config_spec(argv) or ''
+  path = spec.split(':', 1)[0]
+  if 'Failed loading config file' in text or 'earlier failure to load' in text:
+    if path and not os.path.exists(path):
+      return f'config file {path} does not exist'
+    reason = inner.strerror if isinstance(inner, OSError) and inner.strerror else inner
+    return f'cannot load config file {path}: {reason}'
+  if 'Error whilst parsing config file' in text:
+    return ' '.join(str(inner).split()) or type(inner).__name__
+  if isinstance(inner, SyntaxError):
+    return f'config file {inner.filename}, line {inner.lineno}: {inner.msg}'
+  if isinstance(inner, KeyError) and inner.args:
+    key = str(inner.args[0]).strip('\'"')
+    for arg in argv:
+      if arg.startswith('--config.'):
+        parts = arg[2:].split('=', 1)[0].split('.')
+        if key in parts[1:]:
+          i = parts.index(key, 1)
+          return f'{".".join(parts[:i])} has no field {key!r} (in {arg})'
+    return f'unknown config field {key!r}'
+  if isinstance(inner, OSError) and inner.errno == errno.ENOENT and inner.filename:
+    return f'{inner.filename} does not exist'
+  return ' '.join(str(error).split())
 
 
 def _require(*names):
@@ -109,7 +282,7 @@ def _eval():
   from gensuite import metrics  # pylint: disable=g-import-not-at-top
   from gensuite.errors import lookup  # pylint: disable=g-import-not-at-top
   from gensuite.train import logging as log_lib  # pylint: disable=g-import-not-at-top
-  from gensuite.train import loop  # pylint: disable=g-import-not-at-top
+  from gensuite import evaluate  # pylint: disable=g-import-not-at-top
   if FLAGS.metrics:
     for m in FLAGS.metrics:
       lookup('metric', m, metrics.METRICS)
@@ -129,7 +302,7 @@ def _eval():
   # step is <= every later resume point, so truncate-on-resume keeps these lines.
   writer = log_lib.MetricWriter(FLAGS.workdir, replace=True)
   try:
-    results = loop.evaluate(run.experiment, run.state, run.step, writer, None,
+    results = evaluate.evaluate(run.experiment, run.state, run.step, writer, None,
                             sampler=FLAGS.sampler, steps=FLAGS.steps, use_ema=FLAGS.use_ema)
   finally:
     writer.close()
@@ -173,17 +346,19 @@ def _sweep():
 
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    got = argv[1] if len(argv) > 1 else 'nothing'
-    _fail(f'unknown command {got!r}; allowed: {", ".join(COMMANDS)}')
+  if _help(argv):
+    return
+  if argv[1] not in COMMANDS:
+    _fail(f'unknown command {argv[1]!r}; allowed: {", ".join(COMMANDS)} '
+          '(gensuite --help for usage)')
   command = argv[1]
   try:
     FLAGS(['gensuite'] + argv[2:])
     if FLAGS['config'].present:
       FLAGS.config.get('seed')  # config files load lazily: surface their errors here
   except (flags.Error, ConfigError, OSError, AttributeError, KeyError, TypeError,
-          ValueError) as e:
-    _fail(' '.join(str(e).split()))
+          ValueError, SyntaxError) as e:
+    _fail(parse_error_message(e, argv[2:]))
   # The loop's progress lines at INFO; libraries (orbax, tfds) only at WARNING.
   logging.set_verbosity(logging.WARNING)
   handler = std_logging.StreamHandler(sys.stderr)

@@ -113,7 +113,8 @@ def check_section(section, allowed: Mapping[str, Any], where: str, *,
         raise ConfigError(f'config.{where}.{name} must hold numbers, got {value!r}')
 
 
-def _kind_of(value):
+def kind_of(value):
+  """The type check_section expects for a field whose default is `value`."""
   if isinstance(value, ml_collections.ConfigDict):
     return dict
   for kind in (bool, int, float, str, tuple, dict):
@@ -127,7 +128,7 @@ def shared_field_types() -> dict[str, dict[str, Any]]:
   ref = base()
   table = {}
   for section in ('data', 'net', 'method', 'optim', 'train', 'sampler', 'eval'):
-    fields = {k: _kind_of(ref[section][k]) for k in ref[section].keys()}
+    fields = {k: kind_of(ref[section][k]) for k in ref[section].keys()}
     for path, kind in _FIELD_TYPES.items():
       sec, _, name = path.partition('.')
       if sec == section:
@@ -241,3 +242,56 @@ def from_file(spec: str) -> ml_collections.ConfigDict:
   config = module.get_config(arg) if arg else module.get_config()
   config.lock()
   return config
+
+
+def _parse_value(text: str, current, where: str):
+  """`text` read as the type of `current` (a new field: a Python literal, else a string)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ('true', '1', 'yes'):
+      return True
+    if low in ('false', '0', 'no'):
+      return False
+    raise ConfigError(f'--config.{where} must be true or false, got {text!r}')
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ConfigError(f'--config.{where} must be {_type_name(kind_of(current))}, '
+                      f'got {text!r}') from None
+  if current is not None:
+    kind = kind_of(current)
+    if not _is_a(value, kind):
+      raise ConfigError(f'--config.{where} must be {_type_name(kind)}, got {text!r}')
+    if kind is float:
+      value = float(value)
+    if kind is tuple:
+      value = tuple(value)
+  return value
+
+
+def apply_overrides(config, overrides: Mapping[str, str],
+                    allowed_prefixes: tuple[str, ...]) -> None:
+  """Sets {'eval.num_samples': '500', ...} (text, as typed on a command line) on a
+  loaded run's config. Only fields under `allowed_prefixes` may change (sampling and
+  evaluation, never what was trained); a field the section lacks is added (a
+  sampler option such as sampler.eta), an existing one keeps its type."""
+  for path, text in overrides.items():
+    if not path.startswith(allowed_prefixes):
+      raise ConfigError(f'--config.{path} cannot change a trained run; allowed here: '
+                        + ', '.join(f'--config.{p}*' for p in allowed_prefixes))
+    *parents, last = path.split('.')
+    node = config
+    for part in parents:
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise ConfigError(f'--config.{path}: config has no section {part!r}')
+      node = node[part]
+    current = node[last] if last in node else None
+    with config.unlocked():
+      node[last] = _parse_value(text, current, path)
+  validate(config)
+

@@ -12,7 +12,6 @@ one-network train step, sampling through a field), is in gensuite/methods/base.p
 import importlib
 
 from gensuite.errors import lookup
-from gensuite.methods.base import Method
 
 # name -> 'module:Class', imported on use so one family's imports never slow another's.
 METHODS = {
@@ -29,6 +28,6 @@ def get_class(name: str):
   return getattr(importlib.import_module(module), cls)
 
 
-def build(config, data_spec, load_run=None) -> Method:
+def build(config, data_spec, load_run=None) -> 'gensuite.methods.base.Method':
   """The method config.method.name; load_run(workdir) loads other runs (teachers)."""
   return get_class(config.method.name)(config, data_spec, load_run=load_run)

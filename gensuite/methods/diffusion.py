@@ -39,6 +39,7 @@ import numpy as np
 from gensuite import nets, samplers
 from gensuite.samplers import frames
 from gensuite.errors import ConfigError
+from gensuite.methods import defaults
 from gensuite.methods.base import FieldSampling, Method, SingleNetMethod
 
 FORMULATIONS = ('edm', 'vp', 've')
@@ -79,8 +80,8 @@ def _bcast(v, x):
   return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _positive(mc, key, default):
-  v = float(mc.get(key, default))
+def _positive(mc, key):
+  v = float(mc[key])
   if not v > 0:
     raise ConfigError(f'method.{key} must be > 0, got {v}')
   return v
@@ -91,30 +92,30 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
-    mc = config.method
-    self.formulation = mc.get('formulation', 'edm')
+    mc = defaults.resolve(config.method)
+    self.formulation = mc.formulation
     if self.formulation not in FORMULATIONS:
       raise ConfigError(f'unknown method.formulation {self.formulation!r}; allowed: '
                         + ', '.join(FORMULATIONS))
-    self.weighting = mc.get('weighting', 'default')
+    self.weighting = mc.weighting
     if self.weighting not in WEIGHTINGS:
       raise ConfigError(f'unknown method.weighting {self.weighting!r}; allowed: '
                         + ', '.join(WEIGHTINGS))
     if self.weighting != 'default' and self.formulation == 'edm':
       raise ConfigError("method.weighting='likelihood' is for vp/ve; edm uses its own "
                         'lambda(sigma): leave weighting at default')
-    self.sigma_data = _positive(mc, 'sigma_data', 0.5)
-    self.p_mean = float(mc.get('p_mean', -1.2))
-    self.p_std = _positive(mc, 'p_std', 1.2)
-    self.t_eps = float(mc.get('t_eps', 1e-5))
-    self.sample_t_eps = float(mc.get('sample_t_eps', 1e-3))
+    self.sigma_data = _positive(mc, 'sigma_data')
+    self.p_mean = float(mc.p_mean)
+    self.p_std = _positive(mc, 'p_std')
+    self.t_eps = float(mc.t_eps)
+    self.sample_t_eps = float(mc.sample_t_eps)
     for key in ('t_eps', 'sample_t_eps'):
       if not 0.0 <= getattr(self, key) < 1.0:
         raise ConfigError(f'method.{key} must be in [0, 1), got {getattr(self, key)}')
-    self.beta_min = _positive(mc, 'beta_min', 0.1)
-    self.beta_max = _positive(mc, 'beta_max', 20.0)
-    self.sigma_min = _positive(mc, 'sigma_min', 0.01)
-    self.sigma_max = _positive(mc, 'sigma_max', 50.0)
+    self.beta_min = _positive(mc, 'beta_min')
+    self.beta_max = _positive(mc, 'beta_max')
+    self.sigma_min = _positive(mc, 'sigma_min')
+    self.sigma_max = _positive(mc, 'sigma_max')
     if self.sigma_min >= self.sigma_max:
       raise ConfigError(f'method.sigma_min must be below method.sigma_max, got '
                         f'{self.sigma_min} >= {self.sigma_max}')
@@ -130,14 +131,14 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
       self.g2 = _ve_g2(self.sigma_min, self.sigma_max)
     else:
       self.path, self.g2 = frames.edm(), None
-    self.edm_sigma_min = _positive(mc, 'edm_sigma_min', 0.002)
-    self.edm_sigma_max = _positive(mc, 'edm_sigma_max', 80.0)
-    self.rho = _positive(mc, 'rho', 7.0)
-    self.conditional = bool(mc.get('class_conditional', False))
+    self.edm_sigma_min = _positive(mc, 'edm_sigma_min')
+    self.edm_sigma_max = _positive(mc, 'edm_sigma_max')
+    self.rho = _positive(mc, 'rho')
+    self.conditional = bool(mc.class_conditional)
     if self.conditional and not data_spec.num_classes:
       raise ConfigError(f'method.class_conditional needs labelled data; '
                         f'data {data_spec.name!r} has no classes')
-    self.label_dropout = float(mc.get('label_dropout', 0.0))
+    self.label_dropout = float(mc.label_dropout)
     if not 0.0 <= self.label_dropout <= 1.0:
       raise ConfigError(f'method.label_dropout must be in [0, 1], got {self.label_dropout}')
     num_classes = data_spec.num_classes if self.conditional else None

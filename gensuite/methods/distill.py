@@ -54,18 +54,13 @@ import optax
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError
-from gensuite.methods import divergences, optim, teachers
+from gensuite.methods import defaults, divergences, optim, teachers
 from gensuite.methods.base import Method
 from gensuite.methods.diffusion import edm_preconditioning
 from gensuite.methods.state import TrainState, ema_name
 
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 DISC_HEADS = ('separate', 'fake_score', 'none')
-_DEFAULTS = {  # per objective: fake_updates, disc_head, gan_weight, reg_weight
-    'f_distill': dict(fake_updates=4, disc_head='separate', gan_weight=3e-3, reg_weight=0.0),
-    'dmd': dict(fake_updates=1, disc_head='none', gan_weight=0.0, reg_weight=0.25),
-    'dmd2': dict(fake_updates=5, disc_head='fake_score', gan_weight=3e-3, reg_weight=0.0),
-}
 NETS = ('generator', 'fake_score', 'discriminator')
 
 
@@ -106,53 +101,46 @@ class Distill(Method):
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
-    mc = config.method
-    self.objective = mc.get('objective', 'f_distill')
+    mc = defaults.resolve(config.method)
+    self.objective = mc.objective
     if self.objective not in OBJECTIVES:
       raise ConfigError(f'unknown method.objective {self.objective!r}; allowed: '
                         + ', '.join(OBJECTIVES))
-    defaults = _DEFAULTS[self.objective]
-
-    def get(key):
-      value = mc.get(key, None)
-      return defaults[key] if value is None else value
-
-    self.divergence = mc.get('divergence', 'reverse_kl')
-    self.alpha = float(mc.get('alpha', 0.5))
+    self.divergence = mc.divergence
+    self.alpha = float(mc.alpha)
     divergences.check_name(self.divergence, self.alpha)
     if self.objective != 'f_distill' and self.divergence != 'reverse_kl':
       raise ConfigError(f'method.objective={self.objective!r} minimises reverse KL; '
                         f"got method.divergence={self.divergence!r} (use objective "
                         "'f_distill' for other divergences)")
     self.h_fn = divergences.weight_fn(self.divergence, self.alpha)
-    self.fake_updates = int(get('fake_updates'))
+    self.fake_updates = int(mc.fake_updates)
     if self.fake_updates < 1:
       raise ConfigError(f'method.fake_updates must be >= 1, got {self.fake_updates}')
-    self.disc_head = get('disc_head')
+    self.disc_head = mc.disc_head
     if self.disc_head not in DISC_HEADS:
       raise ConfigError(f'unknown method.disc_head {self.disc_head!r}; allowed: '
                         + ', '.join(DISC_HEADS))
     if self.objective == 'f_distill' and self.disc_head == 'none':
       raise ConfigError("method.objective='f_distill' estimates r with a discriminator; "
                         "method.disc_head must be 'separate' or 'fake_score'")
-    self.gan_weight = float(get('gan_weight'))
-    self.disc_weight = float(mc.get('disc_weight', 1.0 if self.disc_head == 'separate'
-                                    else 1e-2))
-    self.reg_weight = float(get('reg_weight'))
+    self.gan_weight = float(mc.gan_weight)
+    self.disc_weight = float(mc.disc_weight)
+    self.reg_weight = float(mc.reg_weight)
     if self.reg_weight > 0 and self.objective != 'dmd':
       raise ConfigError("method.reg_weight > 0 (paired regression) is DMD's; set "
                         "method.objective='dmd'")
     if self.gan_weight > 0 and self.disc_head == 'none':
       raise ConfigError('method.gan_weight > 0 needs a discriminator: set '
                         "method.disc_head to 'separate' or 'fake_score'")
-    self.num_pairs = int(mc.get('num_pairs', 1024))
-    self.pair_steps = int(mc.get('pair_steps', 18))
-    self.reg_batch = int(mc.get('reg_batch', 256))
+    self.num_pairs = int(mc.num_pairs)
+    self.pair_steps = int(mc.pair_steps)
+    self.reg_batch = int(mc.reg_batch)
     # Noise levels.
-    self.sigma_min = float(mc.get('sigma_min', 0.002))
-    self.sigma_max = float(mc.get('sigma_max', 80.0))
-    self.rho = float(mc.get('rho', 7.0))
-    self.num_levels = int(mc.get('num_levels', 1000))
+    self.sigma_min = float(mc.sigma_min)
+    self.sigma_max = float(mc.sigma_max)
+    self.rho = float(mc.rho)
+    self.num_levels = int(mc.num_levels)
     if not 0 < self.sigma_min < self.sigma_max or self.num_levels < 2:
       raise ConfigError('need 0 < method.sigma_min < method.sigma_max and '
                         f'method.num_levels >= 2, got {self.sigma_min}, {self.sigma_max}, '
@@ -160,28 +148,28 @@ class Distill(Method):
     self.levels = np.asarray(samplers.karras_sigmas(
         self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False),
                              np.float32)
-    t_range = tuple(float(v) for v in mc.get('t_range', (0.02, 0.98)))
+    t_range = tuple(float(v) for v in mc.t_range)
     if len(t_range) != 2 or not 0.0 <= t_range[0] < t_range[1] <= 1.0:
       raise ConfigError(f'method.t_range must be (lo, hi) with 0 <= lo < hi <= 1, got '
                         f'{t_range}')
     self.index_range = (int(round(t_range[0] * (self.num_levels - 1))),
                         int(round(t_range[1] * (self.num_levels - 1))))
     # Ratio estimate and normalisations.
-    self.logit_clamp = float(mc.get('logit_clamp', 10.0))
-    self.ratio_clip = tuple(float(v) for v in mc.get('ratio_clip', (0.1, 20.0)))
+    self.logit_clamp = float(mc.logit_clamp)
+    self.ratio_clip = tuple(float(v) for v in mc.ratio_clip)
     if len(self.ratio_clip) != 2 or not 0 < self.ratio_clip[0] < self.ratio_clip[1]:
       raise ConfigError(f'method.ratio_clip must be (lo, hi) with 0 < lo < hi, got '
                         f'{self.ratio_clip}')
-    self.ratio_bins = int(mc.get('ratio_bins', 10))
-    self.ratio_ema = float(mc.get('ratio_ema', 0.0))
+    self.ratio_bins = int(mc.ratio_bins)
+    self.ratio_ema = float(mc.ratio_ema)
     if self.ratio_bins < 1 or not 0.0 <= self.ratio_ema < 1.0:
       raise ConfigError('method.ratio_bins must be >= 1 and method.ratio_ema in [0, 1), '
                         f'got {self.ratio_bins}, {self.ratio_ema}')
-    self.normalize_ratio = bool(mc.get('normalize_ratio', True))
-    self.normalize_h = bool(mc.get('normalize_h', True))
-    self.dm_normalize = bool(mc.get('dm_normalize', True))
+    self.normalize_ratio = bool(mc.normalize_ratio)
+    self.normalize_h = bool(mc.normalize_h)
+    self.dm_normalize = bool(mc.dm_normalize)
     # Student steps.
-    self.gen_steps = int(mc.get('gen_steps', 1))
+    self.gen_steps = int(mc.gen_steps)
     if self.gen_steps < 1:
       raise ConfigError(f'method.gen_steps must be >= 1, got {self.gen_steps}')
     idx = [k * self.num_levels // self.gen_steps for k in range(self.gen_steps)]
@@ -192,9 +180,9 @@ class Distill(Method):
                         f'student\'s method.gen_steps={self.gen_steps}')
     # Teacher and networks.
     self.teacher = teachers.build(config, data_spec, load_run)
-    self.sigma_data = float(mc.get('sigma_data', 0.0) or self.teacher.sigma_data)
+    self.sigma_data = float(mc.sigma_data or self.teacher.sigma_data)
     self.from_teacher = self.teacher.params is not None and bool(
-        mc.get('init_from_teacher', True))
+        mc.init_from_teacher)
     if self.from_teacher and self.disc_head == 'fake_score':
       raise ConfigError("method.disc_head='fake_score' adds an output channel, which the "
                         "teacher's network lacks; use disc_head='separate' with a run "
@@ -215,7 +203,7 @@ class Distill(Method):
     self.txs, schedules = {}, {}
     for name in self.net_names:
       oc = ml_collections.ConfigDict(config.optim.to_dict())
-      lr = float(mc.get(f'lr_{name}', 0.0) or 0.0)
+      lr = float(mc[f'lr_{name}'])
       if lr > 0:
         oc.lr = lr
       schedules[name] = optim.schedule(oc, num_steps)

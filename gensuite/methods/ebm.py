@@ -41,6 +41,7 @@ import numpy as np
 from gensuite import nets
 from gensuite.errors import ConfigError, lookup
 from gensuite import samplers
+from gensuite.methods import defaults
 from gensuite.methods.base import Method
 from gensuite.methods.state import TrainState, apply_gradients
 from gensuite.samplers import langevin, smc
@@ -63,26 +64,26 @@ class EBM(Method):
   """Energy-based model family (see module docstring)."""
 
   def __init__(self, config, data_spec, load_run=None):
-    mc = config.method
+    mc = defaults.resolve(config.method)
     super().__init__(config, data_spec, load_run)
-    self.estimator = mc.get('estimator', 'jarzynski')
+    self.estimator = mc.estimator
     if self.estimator not in ESTIMATORS:
       raise ConfigError(f'unknown method.estimator {self.estimator!r}; allowed: '
                         + ', '.join(ESTIMATORS))
-    self.num_walkers = _positive('method.num_walkers', mc.get('num_walkers', 1000), True)
-    self.step_size = _positive('method.step_size', mc.get('step_size', 0.1))
-    self.ula_steps = _positive('method.ula_steps', mc.get('ula_steps', 1), True)
-    self.cd_steps = _positive('method.cd_steps', mc.get('cd_steps', 1), True)
-    self.resampler = mc.get('resampler', 'systematic')
+    self.num_walkers = _positive('method.num_walkers', mc.num_walkers, True)
+    self.step_size = _positive('method.step_size', mc.step_size)
+    self.ula_steps = _positive('method.ula_steps', mc.ula_steps, True)
+    self.cd_steps = _positive('method.cd_steps', mc.cd_steps, True)
+    self.resampler = mc.resampler
     lookup('resampler', self.resampler, smc.RESAMPLERS)
-    self.resample_threshold = float(mc.get('resample_threshold', 0.5))
+    self.resample_threshold = float(mc.resample_threshold)
     if not 0.0 <= self.resample_threshold <= 1.0:
       raise ConfigError('method.resample_threshold (resample when ESS/N falls below it) '
                         f'must be in [0, 1], got {self.resample_threshold}')
-    self.energy_reg = float(mc.get('energy_reg', 0.0))
+    self.energy_reg = float(mc.energy_reg)
     if self.energy_reg < 0:
       raise ConfigError(f'method.energy_reg must be >= 0, got {self.energy_reg}')
-    self.param_lr_scale = dict(mc.get('param_lr_scale', {}) or {})
+    self.param_lr_scale = dict(mc.param_lr_scale or {})
     for name, v in self.param_lr_scale.items():
       _positive(f'method.param_lr_scale[{name!r}]', v)
     if config.net.name not in ENERGY_NETS:

@@ -43,6 +43,7 @@ import numpy as np
 from gensuite.errors import ConfigError
 from gensuite.nets import vae as vae_nets
 from gensuite import pictures
+from gensuite.methods import defaults
 from gensuite.methods.base import Method
 from gensuite.methods.state import TrainState, apply_gradients
 
@@ -98,8 +99,8 @@ def balanced_mse_update(mse: jax.Array, batch_mse: jax.Array, decay: float) -> j
   return jnp.minimum(mse, decay * mse + (1.0 - decay) * batch_mse)
 
 
-def _positive_int(mc, key, default):
-  v = mc.get(key, default)
+def _positive_int(mc, key):
+  v = mc[key]
   if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
     raise ConfigError(f'method.{key} must be a positive integer, got {v!r}')
   return v
@@ -110,10 +111,10 @@ class VAE(Method):
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
-    mc = config.method
+    mc = defaults.resolve(config.method)
     self.dim = int(math.prod(self.data_shape))
-    self.latent_dim = _positive_int(mc, 'latent_dim', 8)
-    self.likelihood = mc.get('likelihood', 'gaussian')
+    self.latent_dim = _positive_int(mc, 'latent_dim')
+    self.likelihood = mc.likelihood
     if self.likelihood not in LIKELIHOODS:
       raise ConfigError(f'unknown method.likelihood {self.likelihood!r}; allowed: '
                         + ', '.join(LIKELIHOODS))
@@ -121,37 +122,37 @@ class VAE(Method):
       raise ConfigError(f'method.likelihood={self.likelihood!r} needs image data with '
                         f"pixels in [-1, 1]; data {data_spec.name!r} is {data_spec.kind!r}: "
                         "use 'gaussian'")
-    self.variance = mc.get('variance', 'learned_scalar')
+    self.variance = mc.variance
     if self.variance not in VARIANCES:
       raise ConfigError(f'unknown method.variance {self.variance!r}; allowed: '
                         + ', '.join(VARIANCES))
-    self.fixed_sigma = float(mc.get('fixed_sigma', 0.1))
+    self.fixed_sigma = float(mc.fixed_sigma)
     if self.fixed_sigma <= 0:
       raise ConfigError(f'method.fixed_sigma must be > 0, got {self.fixed_sigma}')
-    self.beta = float(mc.get('beta', 1.0))
+    self.beta = float(mc.beta)
     if self.beta < 0:
       raise ConfigError(f'method.beta must be >= 0, got {self.beta}')
-    self.kl_warmup_steps = int(mc.get('kl_warmup_steps', 0))
+    self.kl_warmup_steps = int(mc.kl_warmup_steps)
     if self.kl_warmup_steps < 0:
       raise ConfigError(f'method.kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}')
-    self.balance_decay = float(mc.get('balance_decay', 0.99))
+    self.balance_decay = float(mc.balance_decay)
     if not 0.0 <= self.balance_decay < 1.0:
       raise ConfigError(f'method.balance_decay must be in [0, 1), got {self.balance_decay}')
-    self.balance_init_mse = float(mc.get('balance_init_mse', 1.0))
+    self.balance_init_mse = float(mc.balance_init_mse)
     if self.balance_init_mse <= 0:
       raise ConfigError(f'method.balance_init_mse must be > 0, got {self.balance_init_mse}')
-    self.num_bins = int(mc.get('num_bins', 256))
+    self.num_bins = int(mc.num_bins)
     if self.num_bins < 2:
       raise ConfigError(f'method.num_bins must be >= 2, got {self.num_bins}')
-    iwae_k = mc.get('iwae_k', (1, 64))
+    iwae_k = mc.iwae_k
     self.iwae_k = tuple(int(k) for k in (iwae_k if isinstance(iwae_k, (tuple, list))
                                          else (iwae_k,)))
     if not self.iwae_k or any(k <= 0 for k in self.iwae_k):
       raise ConfigError(f'method.iwae_k must be positive integers, got {iwae_k!r}')
-    self.iwae_chunk = _positive_int(mc, 'iwae_chunk', 100)
-    self.eval_examples = _positive_int(mc, 'eval_examples', 500)
-    self.eval_batch = _positive_int(mc, 'eval_batch', 100)
-    self.eval_split = mc.get('eval_split', '') or ''
+    self.iwae_chunk = _positive_int(mc, 'iwae_chunk')
+    self.eval_examples = _positive_int(mc, 'eval_examples')
+    self.eval_batch = _positive_int(mc, 'eval_batch')
+    self.eval_split = mc.eval_split or ''
     if self.eval_split and data_spec.kind != 'image':
       raise ConfigError(f'method.eval_split={self.eval_split!r} needs an image dataset; '
                         f'data {data_spec.name!r} is {data_spec.kind!r}: leave it empty')

@@ -15,10 +15,26 @@ writing one at that moment.
 Checkpoints hold arrays (OCDBT/tensorstore) and JSON metadata only, never pickle.
 Before restoring, the saved tree is compared leaf by leaf with the model's: a
 different architecture raises ConfigError naming the first mismatched leaf.
+
+A committed step can still fail to read back (bytes flipped or files truncated on
+disk: tensorstore's checksums and decoders refuse them). `restore` then raises
+`UnreadableCheckpoint` (a ConfigError), and `restore_latest` falls back to the next
+older step with a warning naming the unreadable one:
+
+  step, state = ckpt.restore_latest(abstract_state, move_corrupt=True)  # trainer
+  step, state = ckpt.restore_latest(abstract_state)                     # readers
+
+The trainer (`move_corrupt=True`) moves each unreadable newer step to
+`corrupt/<step>` (never deletes it), so the step's next save can happen and orbax
+no longer lists it; it moves nothing when no step reads back, and raises
+ConfigError instead (a run never silently restarts from step 0). Readers only skip:
+a trainer may be writing to the directory.
 """
+import logging
 import os
 import shutil
 import signal
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,9 +43,77 @@ from gensuite.errors import ConfigError
 
 COMMIT_MARKER = 'commit_success.txt'
 STEP_METADATA = '_CHECKPOINT_METADATA'
+CORRUPT_DIR = 'corrupt'  # under the checkpoint directory: unreadable steps moved aside
 # Tests set this to SIGKILL the process in the middle of the save of a given step:
 # arrays written into the temporary directory, not yet renamed to the step.
 _KILL_IN_SAVE_ENV = 'GENSUITE_FAULT_KILL_IN_SAVE_AT_STEP'
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableCheckpoint(ConfigError):
+  """A committed step whose files do not read back (corrupted or truncated)."""
+
+  def __init__(self, directory: str, step: int, error: BaseException):
+    self.step = step
+    self.reason = first_line(error)
+    super().__init__(f'checkpoint {directory}/{step} is unreadable: {self.reason}')
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """The first line of `error`'s message without tensorstore's JSON spec; if longer
+  than `limit`, its start (the status) and its end (the innermost cause) only."""
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  line = line.split(' [tensorstore_spec')[0]
+  if len(line) <= limit:
+    return line
+  head = limit // 3
+  return line[:head] + ' ... ' + line[-(limit - head - 5):]
+
+
+def _is_read_error(error: BaseException) -> bool:
+  """True for what a damaged checkpoint raises (tensorstore's DATA_LOSS, NOT_FOUND,
+  ...; orbax's decoding and structure errors), False for running out of memory."""
+  return (isinstance(error, Exception) and not isinstance(error, MemoryError) and
+          'RESOURCE_EXHAUSTED' not in str(error))
+
+
+class _DropUnretrievedTaskErrors(logging.Filter):
+
+  def filter(self, record):
+    return not str(record.msg).startswith('Task exception was never retrieved')
+
+
+_QUIET = False
+
+
+def _quiet_abandoned_reads() -> None:
+  """Silences the leftovers of a failed restore, once per process.
+
+  When one array fails to read, orbax's restore raises and closes the event loop it
+  ran the reads on while tensorstore is still finishing the others: their completion
+  callbacks then hit the closed loop (an unraisable `RuntimeError: Event loop is
+  closed`, printed with a traceback from tensorstore's threads, at any time up to
+  interpreter shutdown) and their tasks die unretrieved (asyncio logs 'Task exception
+  was never retrieved'). The failure itself is already reported, so exactly those
+  two reports are dropped. Installed before the first restore, since the callbacks
+  can fire before the restore's exception reaches us.
+  """
+  global _QUIET
+  if _QUIET:
+    return
+  _QUIET = True
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(_DropUnretrievedTaskErrors())
 
 
 class _KillBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
@@ -126,7 +210,9 @@ class Checkpointer:
     """ConfigError naming the first leaf where the checkpoint and the model differ."""
     try:
       saved = self._manager.item_metadata(step)
-    except (ValueError, KeyError, TypeError, FileNotFoundError):
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_read_error(e):
+        raise
       return  # no readable metadata: the restore itself reports what is wrong
     saved = getattr(saved, 'tree', saved)
     if saved is None:
@@ -137,13 +223,70 @@ class Checkpointer:
                         f'(different architecture or method?): {problem}')
 
   def restore(self, step: int, abstract_state):
+    """The state saved at `step`, restored onto `abstract_state`'s shardings.
+
+    Raises ConfigError if the saved tree differs from the model's (architecture
+    mismatch: nothing is wrong with the files), and UnreadableCheckpoint (also a
+    ConfigError) if the saved tree matches but its files do not read back.
+    """
+    _quiet_abandoned_reads()  # the metadata read below can already leave some behind
     self.check_compatible(step, abstract_state)
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except (ValueError, KeyError, TypeError) as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ConfigError(f'checkpoint {self.directory}/{step} does not match this model '
-                        f'(different architecture or method?): {first}') from e
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_read_error(e):
+        raise
+      raise UnreadableCheckpoint(self.directory, step, e) from e
+
+  def restore_latest(self, abstract_state, move_corrupt: bool = False):
+    """(step, state) of the newest committed step that reads back; (None, None) if
+    there is no committed step.
+
+    Each newer step that does not read back is reported with a warning naming it and
+    the error's first line. With `move_corrupt` (the trainer, the directory's only
+    writer) those steps are moved aside to `corrupt/<step>` (see `move_aside`), but
+    only once an older step has been restored. If steps exist and none reads back,
+    raises ConfigError naming them, and moves nothing.
+    """
+    failed = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(step, abstract_state)
+      except UnreadableCheckpoint as e:
+        failed.append(e)
+        continue
+      for e in failed:
+        where = ''
+        if move_corrupt:
+          where = f'; moved it to {self.move_aside(e.step)}'
+        log.warning('checkpoint %s/%d is unreadable (%s)%s; using step %d instead',
+                    self.directory, e.step, e.reason, where, step)
+      return step, state
+    if failed:
+      hint = ('; moved nothing: to train from step 0, move the directory away'
+              if move_corrupt else '')
+      raise ConfigError(f'no readable checkpoint in {self.directory}: ' + '; '.join(
+          f'step {e.step} is unreadable ({e.reason})' for e in failed) + hint)
+    return None, None
+
+  def move_aside(self, step: int) -> str:
+    """Moves step `step`'s directory to `corrupt/<step>` (`corrupt/<step>.2`, ... if
+    taken) and returns the new path. Orbax lists only numeric step directories, so it
+    no longer sees the step, and the step's next save writes a fresh `<step>`."""
+    src = os.path.join(self.directory, str(step))
+    dest_dir = os.path.join(self.directory, CORRUPT_DIR)
+    dest = os.path.join(dest_dir, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(dest_dir, exist_ok=True)
+      n = 1
+      while os.path.exists(dest):
+        n += 1
+        dest = os.path.join(dest_dir, f'{step}.{n}')
+      os.rename(src, dest)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f'gensuite_move_aside_{step}')
+    self._manager.reload()  # forget the moved step
+    return dest
 
   def close(self) -> None:
     self._manager.close()
