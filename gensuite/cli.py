@@ -41,7 +41,7 @@ COMMANDS = {
     'sample': Command(
         'Draw samples from a run\'s checkpoint into a .npz file.',
         ('gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz',),
-        ('workdir', 'out', 'num', 'step', 'sampler', 'steps', 'seed', 'use_ema'),
+        ('workdir', 'out', 'num', 'step', 'sampler', 'steps', 'seed', 'use_ema', 'config'),
         ('workdir', 'out')),
     'eval': Command(
         'Evaluate a run\'s checkpoint; logs the metrics at its step.',
@@ -50,7 +50,7 @@ COMMANDS = {
          'gensuite eval --workdir=DIR --metrics=fid --inception_weights=FILE '
          '[--fid_stats=FILE.npz]'),
         ('workdir', 'metrics', 'num', 'step', 'sampler', 'steps', 'use_ema',
-         'inception_weights', 'fid_stats', 'inception_resize'),
+         'inception_weights', 'fid_stats', 'inception_resize', 'config'),
         ('workdir',)),
     'bench': Command(
         'Time the training loop against the bare jitted step (--config), or run the '
@@ -74,10 +74,12 @@ config_flags.DEFINE_config_file('config', None, 'Config file, with optional :var
 flags.DEFINE_string('workdir', None, 'Run directory (train: created, or resumed if it '
                     'holds a run).')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize (several hosts).')
-flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: sets '
-                     'config.eval.num_samples.')
-flags.DEFINE_string('sampler', None, 'sample/eval: sampler name (default: the config\'s).')
-flags.DEFINE_integer('steps', None, 'sample/eval: sampler steps; bench: timed steps.')
+flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: same as '
+                     '--config.eval.num_samples.')
+flags.DEFINE_string('sampler', None, 'sample/eval: same as --config.sampler.name '
+                    '(default: the run\'s).')
+flags.DEFINE_integer('steps', None, 'sample/eval: same as --config.sampler.steps; bench: '
+                     'timed steps.')
 flags.DEFINE_string('out', None, 'sample: output .npz file; bench --suite: markdown file '
                     '(default: docs/benchmarks.md).')
 flags.DEFINE_integer('seed', 0, 'sample: random seed.')
@@ -97,6 +99,31 @@ flags.DEFINE_list('configs', None, 'bench --suite: config specs (default: every 
                   'configs/<family>/*.py).')
 flags.DEFINE_list('devices', ['1', '2', '4'], 'bench --suite: simulated CPU device counts.')
 flags.DEFINE_bool('smoke', False, 'bench --suite: use each config file\'s smoke variant.')
+
+
+# sample / eval: what of a trained run's config may change, and the short flags that
+# set those fields (each equals --config.<field>=...).
+_RUN_SECTIONS = ('eval.', 'sampler.')
+_SAMPLE_ALIASES = {'sampler': 'sampler.name', 'steps': 'sampler.steps'}
+_EVAL_ALIASES = {**_SAMPLE_ALIASES, 'num': 'eval.num_samples', 'metrics': 'eval.metrics',
+                 'use_ema': 'eval.use_ema', 'inception_weights': 'eval.inception_weights',
+                 'fid_stats': 'eval.fid_stats', 'inception_resize': 'eval.inception_resize'}
+# --config.a.b=v given to sample / eval (no config file: they edit the run's own).
+_CONFIG_OVERRIDES: dict[str, str] = {}
+
+
+def _take_run_overrides(argv: list[str]) -> list[str]:
+  """Removes --config.a.b=v from a sample/eval command line into _CONFIG_OVERRIDES."""
+  rest = []
+  for arg in argv:
+    if arg.startswith('--config.'):
+      field, eq, text = arg[len('--config.'):].partition('=')
+      if not eq or not field:
+        _fail(f'{arg}: write --config.<section>.<field>=<value>')
+      _CONFIG_OVERRIDES[field] = text
+    else:
+      rest.append(arg)
+  return rest
 
 
 def _fail(message: str) -> None:
@@ -137,6 +164,14 @@ def command_help(name: str) -> str:
   lines.extend('       ' + usage for usage in command.usage[1:])
   lines += ['', command.summary, '', 'flags:']
   for flag_name in command.flags:
+    if flag_name == 'config' and name in ('sample', 'eval'):
+      lines.append('  --config.sampler.F=v  --config.eval.F=v')
+      lines.extend(textwrap.wrap(
+          "Override a sampling or evaluation field of the run's config for this command "
+          '(e.g. --config.sampler.name=dpm_solver_2m --config.sampler.eta=0.5 '
+          '--config.eval.num_samples=5000); the trained fields cannot change.', 86,
+          initial_indent='      ', subsequent_indent='      ', break_on_hyphens=False))
+      continue
     flag = FLAGS[flag_name]
     text = flag.help
     if hasattr(flag.parser, 'enum_values') and text.startswith('<'):
@@ -269,41 +304,49 @@ def _sample():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
+  from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
-  x = run.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num, sampler=FLAGS.sampler,
-                 steps=FLAGS.steps, use_ema=FLAGS.use_ema)
+  config_lib.apply_overrides(run.config, _run_overrides(_SAMPLE_ALIASES), _RUN_SECTIONS)
+  run.method.check_sampler()
+  x = run.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num, use_ema=FLAGS.use_ema)
   np.savez(FLAGS.out, samples=x, step=run.step)
   print(f'wrote {x.shape[0]} samples of shape {x.shape[1:]} from step {run.step} to {FLAGS.out}')
 
 
+def _run_overrides(aliases: dict) -> dict:
+  """{field: text} for a loaded run's config: the short flags that were given (aliases:
+  flag -> field), then the command line's --config.eval.* / --config.sampler.*."""
+  out = {}
+  for flag_name, field in aliases.items():
+    if FLAGS[flag_name].present and FLAGS[flag_name].value is not None:
+      value = FLAGS[flag_name].value
+      out[field] = repr(tuple(value)) if isinstance(value, list) else str(value)
+  out.update(_CONFIG_OVERRIDES)
+  return out
+
+
 def _eval():
   _require('workdir')
-  from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
+  from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
+  from gensuite import evaluate  # pylint: disable=g-import-not-at-top
   from gensuite import metrics  # pylint: disable=g-import-not-at-top
+  from gensuite import run as run_lib  # pylint: disable=g-import-not-at-top
   from gensuite.errors import lookup  # pylint: disable=g-import-not-at-top
   from gensuite.train import logging as log_lib  # pylint: disable=g-import-not-at-top
-  from gensuite import evaluate  # pylint: disable=g-import-not-at-top
   if FLAGS.metrics:
     for m in FLAGS.metrics:
       lookup('metric', m, metrics.METRICS)
   if FLAGS['num'].present and FLAGS.num <= 0:
     _fail(f'--num must be a positive integer, got {FLAGS.num}')
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
-  with run.config.unlocked():
-    if FLAGS['num'].present:
-      run.config.eval.num_samples = FLAGS.num
-    if FLAGS.metrics:
-      run.config.eval.metrics = tuple(FLAGS.metrics)
-    for name in metrics.FID_OPTIONS:
-      if FLAGS[name].value is not None:
-        run.config.eval[name] = FLAGS[name].value
+  config_lib.apply_overrides(run.config, _run_overrides(_EVAL_ALIASES), _RUN_SECTIONS)
+  run.method.check_sampler()
   metrics.check(tuple(run.config.eval.metrics), **metrics.eval_options(run.config.eval))
   # At the checkpoint's step, replacing any earlier values of the same names: that
   # step is <= every later resume point, so truncate-on-resume keeps these lines.
   writer = log_lib.MetricWriter(FLAGS.workdir, replace=True)
   try:
-    results = evaluate.evaluate(run.experiment, run.state, run.step, writer, None,
-                            sampler=FLAGS.sampler, steps=FLAGS.steps, use_ema=FLAGS.use_ema)
+    results = evaluate.evaluate(run.experiment, run.state, run.step, writer, None)
   finally:
     writer.close()
   for k, v in results.items():
@@ -352,8 +395,11 @@ def main(argv=None):
     _fail(f'unknown command {argv[1]!r}; allowed: {", ".join(COMMANDS)} '
           '(gensuite --help for usage)')
   command = argv[1]
+  args = argv[2:]
+  if command in ('sample', 'eval'):
+    args = _take_run_overrides(args)
   try:
-    FLAGS(['gensuite'] + argv[2:])
+    FLAGS(['gensuite'] + args)
     if FLAGS['config'].present:
       FLAGS.config.get('seed')  # config files load lazily: surface their errors here
   except (flags.Error, ConfigError, OSError, AttributeError, KeyError, TypeError,

@@ -53,7 +53,11 @@ class Method:
   another run (a distillation teacher); the experiment that builds the method passes
   it, so methods never import the layer above them.
   """
-  name = 'method'
+  # The kind of field this method hands the samplers ('velocity', 'denoiser',
+  # 'energy'; None: it samples by itself) and whether its noise is independent of
+  # the data; check_sampler() checks config.sampler against them.
+  field_kind: str | None = None
+  independent_noise: bool = True
 
   def __init__(self, config, data_spec, load_run=None):
     self.config = config
@@ -73,6 +77,15 @@ class Method:
 
   def sample(self, state, rng: jax.Array, num: int, **sampler_kw) -> jax.Array:
     raise NotImplementedError
+
+  def check_sampler(self) -> None:
+    """ConfigError (one line) unless config.sampler can sample this method's field.
+
+    Called when the method is built, and again by `gensuite sample/eval` after
+    --config.sampler.* overrides, before anything is sampled or written."""
+    if self.field_kind is not None:
+      samplers.check_field_config(self.config.sampler, self.field_kind,
+                                  self.independent_noise)
 
   def evaluate(self, state, rng, data, workdir=None):
     """Extra eval scalars and pictures of the family's own; none by default."""

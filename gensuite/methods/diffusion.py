@@ -89,6 +89,7 @@ def _positive(mc, key):
 
 class Diffusion(SingleNetMethod, FieldSampling, Method):
   """VP / VE / EDM denoising diffusion (see module docstring)."""
+  field_kind = 'denoiser'
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
@@ -145,7 +146,7 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
     self.net = nets.build(config.net, data_shape=self.data_shape,
                           out_dim_or_channels=self.data_shape[-1], num_classes=num_classes,
                           data_name=data_spec.name)
-    samplers.check_field_config(config.sampler, 'denoiser')
+    self.check_sampler()
 
   # ---- the network in each formulation ----------------------------------------
 

@@ -62,6 +62,7 @@ def _positive(what, value, integer=False):
 
 class EBM(Method):
   """Energy-based model family (see module docstring)."""
+  field_kind = 'energy'
 
   def __init__(self, config, data_spec, load_run=None):
     mc = defaults.resolve(config.method)
@@ -96,7 +97,7 @@ class EBM(Method):
       net = net.clone(image_size=self.data_shape[:2])
     self.net = net
     self.is_gmm = config.net.name == 'gmm_energy'
-    samplers.check_field_config(config.sampler, 'energy')
+    self.check_sampler()
     self.sample_step_size = _positive('sampler.step_size',
                                       config.sampler.get('step_size', self.step_size))
 
