@@ -31,9 +31,20 @@ Variants (comma-separated tokens):
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 TOKENS = ('edm', 'vp', 'cond', 'fid')
+
+
+def _vp(c: ml_collections.ConfigDict) -> None:
+  c.method.formulation = 'vp'
+  c.net.dropout = 0.1
+  c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip = 2e-4, 5000, 1.0
+  c.optim.ema_decays = (0.9999,)
+  c.train.batch_size, c.train.num_steps = 128, 1_300_000
+  c.train.eval_every = c.train.ckpt_every = 50_000
+  c.sampler.name, c.sampler.steps = 'euler_maruyama', 1000
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,12 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.net = ml_collections.ConfigDict(dict(
       name='unet', channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
       attn_resolutions=(16,), dropout=0.13))
-  c.method = ml_collections.ConfigDict(dict(
-      name='diffusion', formulation='edm', sigma_data=0.5, p_mean=-1.2, p_std=1.2,
-      edm_sigma_min=0.002, edm_sigma_max=80.0, rho=7.0,
-      beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=50.0,
-      t_eps=1e-5, sample_t_eps=1e-3, weighting='default',
-      class_conditional=False, label_dropout=0.0))
+  c.method = common.method('diffusion')
   c.optim.name = 'adam'
   c.optim.lr = 1e-3
   c.optim.schedule = 'constant'
@@ -65,23 +71,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 10_000
   c.eval.sample_batch = 1000
   c.eval.metrics = ()
-  for token in filter(None, (arg or '').split(',')):
-    if token == 'edm':
-      c.method.formulation = 'edm'
-    elif token == 'vp':
-      c.method.formulation = 'vp'
-      c.net.dropout = 0.1
-      c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip = 2e-4, 5000, 1.0
-      c.optim.ema_decays = (0.9999,)
-      c.train.batch_size, c.train.num_steps = 128, 1_300_000
-      c.train.eval_every = c.train.ckpt_every = 50_000
-      c.sampler.name, c.sampler.steps = 'euler_maruyama', 1000
-    elif token == 'cond':
-      c.method.class_conditional = True
-      c.method.label_dropout = 0.1
-    elif token == 'fid':
-      c.eval.metrics = ('fid',)
-    else:
-      raise ValueError(f'unknown diffusion cifar10 variant {token!r}; allowed tokens: '
-                       + ', '.join(TOKENS))
-  return c
+  # No smoke variant: paper scale only (tests use configs/diffusion/digits.py:smoke).
+  edits = {
+      'edm': common.setter(**{'method.formulation': 'edm'}),
+      'vp': _vp,
+      'cond': common.setter(**{'method.class_conditional': True,
+                               'method.label_dropout': 0.1}),
+      'fid': common.setter(**{'eval.metrics': ('fid',)}),
+  }
+  return common.apply_variant(c, arg, edits, 'diffusion cifar10')

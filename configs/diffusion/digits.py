@@ -13,9 +13,16 @@ of a small digits classifier (gensuite.metrics.features), cached in the workdir.
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 TOKENS = ('cond', 'edm', 'vp', 've', 'smoke')
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
+               sampler_steps=2, eval_samples=16, net=dict(channels=8, num_res_blocks=1))
+  c.eval.metrics = ('mmd',)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,12 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.net = ml_collections.ConfigDict(dict(
       name='unet', channels=32, channel_mult=(1, 2), num_res_blocks=1,
       attn_resolutions=(4,), dropout=0.0))
-  c.method = ml_collections.ConfigDict(dict(
-      name='diffusion', formulation='edm', sigma_data=0.5, p_mean=-1.2, p_std=1.2,
-      edm_sigma_min=0.002, edm_sigma_max=80.0, rho=7.0,
-      beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=20.0,
-      t_eps=1e-5, sample_t_eps=1e-3, weighting='default',
-      class_conditional=False, label_dropout=0.0))
+  c.method = common.method('diffusion', sigma_max=20.0)
   # Constant lr after warmup: a run can be extended (train.num_steps may change on
   # resume) without bending its schedule.
   c.optim.lr = 1e-3
@@ -45,23 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.steps = 18
   c.eval.num_samples = 500
   c.eval.metrics = ('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits')
-  for token in filter(None, (arg or '').split(',')):
-    if token == 'cond':
-      c.method.class_conditional = True
-      c.method.label_dropout = 0.1
-    elif token in ('edm', 'vp', 've'):
-      c.method.formulation = token
-      if token != 'edm':
-        c.sampler.name, c.sampler.steps = 'euler', 100
-    elif token == 'smoke':
-      c.net.channels, c.net.num_res_blocks = 8, 1
-      c.train.num_steps, c.train.batch_size = 6, 16
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 2, 6, 3
-      c.optim.warmup_steps = 0
-      c.sampler.steps = 2
-      c.eval.num_samples = 16
-      c.eval.metrics = ('mmd',)
-    else:
-      raise ValueError(f'unknown diffusion digits variant {token!r}; allowed tokens: '
-                       + ', '.join(TOKENS))
-  return c
+  edits = {
+      'cond': common.setter(**{'method.class_conditional': True,
+                               'method.label_dropout': 0.1}),
+      'edm': common.setter(**{'method.formulation': 'edm'}),
+      **{f: common.setter(**{'method.formulation': f, 'sampler.name': 'euler',
+                             'sampler.steps': 100}) for f in ('vp', 've')},
+  }
+  return common.apply_variant(c, arg, edits, 'diffusion digits', smoke_edit=_smoke)

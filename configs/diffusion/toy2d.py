@@ -10,6 +10,7 @@ The variant is a comma-separated list of tokens, in any order:
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 FORMULATIONS = ('edm', 'vp', 've')
@@ -21,12 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = '8gaussians'
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
-  c.method = ml_collections.ConfigDict(dict(
-      name='diffusion', formulation='edm', sigma_data=1.0, p_mean=-1.2, p_std=1.2,
-      edm_sigma_min=0.002, edm_sigma_max=80.0, rho=7.0,
-      beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=10.0,
-      t_eps=1e-5, sample_t_eps=1e-3, weighting='default',
-      class_conditional=False, label_dropout=0.0))
+  c.method = common.method('diffusion', sigma_data=1.0, sigma_max=10.0)
   c.optim.lr = 2e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 100
@@ -40,23 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.name = 'heun'
   c.sampler.steps = 32
   c.eval.num_samples = 2000
-  for token in filter(None, (arg or '').split(',')):
-    if token in FORMULATIONS:
-      c.method.formulation = token
-      if token == 'vp':
-        c.sampler.steps = 100
-      elif token == 've':
-        c.sampler.steps = 100
-    elif token in DATA:
-      c.data.name = token
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth, c.net.emb_dim = 32, 2, 16
-      c.train.num_steps, c.train.batch_size = 20, 64
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.optim.warmup_steps = 0
-      c.sampler.steps = 8
-      c.eval.num_samples = 256
-    else:
-      allowed = ', '.join(FORMULATIONS + DATA + OTHER)
-      raise ValueError(f'unknown diffusion toy2d variant {token!r}; allowed tokens: {allowed}')
-  return c
+  edits = {
+      'edm': common.setter(**{'method.formulation': 'edm'}),
+      **{f: common.setter(**{'method.formulation': f, 'sampler.steps': 100})
+         for f in ('vp', 've')},
+      **{d: common.setter(**{'data.name': d}) for d in DATA},
+  }
+  return common.apply_variant(
+      c, arg, edits, 'diffusion toy2d',
+      smoke_edit=lambda c: common.smoke(c, net=dict(hidden=32, depth=2, emb_dim=16)))

@@ -17,6 +17,7 @@ The teacher is the exact noisy denoiser of the data mixture (config.teacher.anal
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 from gensuite.methods import divergences
 
@@ -24,6 +25,9 @@ UNEQUAL_WEIGHTS = (0.04, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25)
 DATA = ('unequal8', '8gaussians', 'grid')
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 OTHER = ('multistep', 'smoke')
+# What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
+# DMD keeps disc_weight 1 (unused without a discriminator).
+OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0)}
 
 
 def unequal8_params(radius: float = 2.0, std: float = 0.15) -> dict:
@@ -33,20 +37,28 @@ def unequal8_params(radius: float = 2.0, std: float = 0.15) -> dict:
   return dict(means=means, stds=std, weights=list(UNEQUAL_WEIGHTS))
 
 
+def _objective(token: str):
+  def edit(c):
+    common.distill_objective(c, token,
+                             divergence='js' if token == 'f_distill' else 'reverse_kl',
+                             **OBJECTIVE_OVERRIDES.get(token, {}))
+  return edit
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, sampler_steps=None, net=dict(hidden=32, depth=2, emb_dim=16))
+  c.method.num_pairs, c.method.pair_steps, c.method.reg_batch = 64, 4, 32
+  c.method.fake_updates = min(c.method.fake_updates, 2)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = 'gaussian_mixture'
   c.data.params = unequal8_params()
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=128, depth=3, emb_dim=32))
   c.teacher = ml_collections.ConfigDict(dict(analytic='data', workdir='', params={}))
-  c.method = ml_collections.ConfigDict(dict(
-      name='distill', objective='f_distill', divergence='js', alpha=0.5,
-      fake_updates=4, disc_head='separate', gan_weight=3e-3, disc_weight=1.0,
-      reg_weight=0.0, num_pairs=1024, pair_steps=18, reg_batch=256,
-      sigma_min=0.002, sigma_max=80.0, rho=7.0, num_levels=1000, t_range=(0.02, 0.98),
-      logit_clamp=10.0, ratio_clip=(0.1, 20.0), ratio_bins=10, ratio_ema=0.0,
-      normalize_ratio=True, normalize_h=True, dm_normalize=True, gen_steps=1,
-      sigma_data=0.0, lr_generator=1e-4, lr_fake_score=1e-3, lr_discriminator=1e-3))
+  c.method = common.method('distill', divergence='js', lr_generator=1e-4,
+                           lr_fake_score=1e-3, lr_discriminator=1e-3)
   c.optim.lr = 1e-3
   c.optim.grad_clip = 10.0
   c.optim.ema_decays = (0.99,)
@@ -58,33 +70,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.name = 'euler'  # ignored by the student; steps = its NFE at eval
   c.sampler.steps = 1
   c.eval.num_samples = 2000
-  for token in filter(None, (arg or '').split(',')):
-    if token == 'unequal8':
-      c.data.name, c.data.params = 'gaussian_mixture', unequal8_params()
-    elif token in DATA:
-      c.data.name, c.data.params = token, {}
-    elif token in OBJECTIVES:
-      c.method.objective = token
-      c.method.divergence = 'js' if token == 'f_distill' else 'reverse_kl'
-      c.method.fake_updates = {'f_distill': 4, 'dmd': 1, 'dmd2': 5}[token]
-      c.method.disc_head = {'f_distill': 'separate', 'dmd': 'none',
-                            'dmd2': 'fake_score'}[token]
-      c.method.gan_weight = 0.0 if token == 'dmd' else 3e-3
-      c.method.disc_weight = 1e-2 if token == 'dmd2' else 1.0
-      c.method.reg_weight = 0.25 if token == 'dmd' else 0.0
-    elif token in divergences.DIVERGENCES:
-      c.method.divergence = token
-    elif token == 'multistep':
-      c.method.gen_steps = 4
-      c.sampler.steps = 4
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth, c.net.emb_dim = 32, 2, 16
-      c.train.num_steps, c.train.batch_size = 20, 64
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.method.num_pairs, c.method.pair_steps, c.method.reg_batch = 64, 4, 32
-      c.method.fake_updates = min(c.method.fake_updates, 2)
-      c.eval.num_samples = 256
-    else:
-      allowed = ', '.join(DATA + OBJECTIVES + tuple(divergences.DIVERGENCES) + OTHER)
-      raise ValueError(f'unknown distill toy2d variant {token!r}; allowed tokens: {allowed}')
-  return c
+  edits = {
+      'unequal8': common.setter(**{'data.name': 'gaussian_mixture',
+                                   'data.params': unequal8_params()}),
+      '8gaussians': common.setter(**{'data.name': '8gaussians', 'data.params': {}}),
+      'grid': common.setter(**{'data.name': 'grid', 'data.params': {}}),
+      **{o: _objective(o) for o in OBJECTIVES},
+      **{d: common.setter(**{'method.divergence': d}) for d in divergences.DIVERGENCES},
+      'multistep': common.setter(**{'method.gen_steps': 4, 'sampler.steps': 4}),
+  }
+  return common.apply_variant(c, arg, edits, 'distill toy2d', smoke_edit=_smoke)

@@ -14,10 +14,17 @@ systematic / multinomial; smoke (tiny, for tests).
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 ESTIMATORS = ('jarzynski', 'pcd', 'cd', 'ula_unweighted')
 RESAMPLERS = ('systematic', 'multinomial')
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
+               sampler_steps=2, eval_samples=16, net=dict(channels=(4, 8)))
+  c.method.num_walkers, c.method.ula_steps, c.method.cd_steps = 32, 2, 2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,10 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = 'digits'
   c.net = ml_collections.ConfigDict(dict(name='energy_conv', channels=(32, 64),
                                          activation='silu', prior_std=1.0))
-  c.method = ml_collections.ConfigDict(dict(
-      name='ebm', estimator='jarzynski', num_walkers=512, step_size=1e-3, ula_steps=10,
-      cd_steps=20, resampler='systematic', resample_threshold=0.3, energy_reg=1e-2,
-      param_lr_scale={}))
+  c.method = common.method('ebm', num_walkers=512, step_size=1e-3, ula_steps=10,
+                           cd_steps=20, resample_threshold=0.3, energy_reg=1e-2)
   c.optim.name = 'adam'
   c.optim.lr = 1e-4
   c.optim.b1 = 0.0
@@ -43,19 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 256
   c.eval.metrics = ('mmd', 'sliced_wasserstein')
   c.eval.use_ema = False
-  for token in filter(None, (arg or '').split(',')):
-    if token in ESTIMATORS:
-      c.method.estimator = token
-    elif token in RESAMPLERS:
-      c.method.resampler = token
-    elif token == 'smoke':
-      c.net.channels = (4, 8)
-      c.method.num_walkers, c.method.ula_steps, c.method.cd_steps = 32, 2, 2
-      c.train.num_steps, c.train.batch_size = 6, 16
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 2, 6, 3
-      c.sampler.steps = 2
-      c.eval.num_samples = 16
-    else:
-      allowed = ', '.join(ESTIMATORS + RESAMPLERS + ('smoke',))
-      raise ValueError(f'unknown ebm digits variant {token!r}; allowed tokens: {allowed}')
-  return c
+  edits = {
+      **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
+      **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},
+  }
+  return common.apply_variant(c, arg, edits, 'ebm digits', smoke_edit=_smoke)

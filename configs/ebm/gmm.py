@@ -19,6 +19,7 @@ in method.num_walkers.
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 ESTIMATORS = ('jarzynski', 'pcd', 'cd', 'ula_unweighted')
@@ -30,17 +31,31 @@ def mixture_params(dim: int, modes=(-10.0, 6.0), weights=(0.25, 0.75)) -> dict:
   return dict(means=means, stds=1.0, weights=list(weights))
 
 
+def _set_dim(c: ml_collections.ConfigDict, dim: int) -> None:
+  c.data.params = mixture_params(dim)
+
+
+def _set_walkers(c: ml_collections.ConfigDict, num: int) -> None:
+  c.method.num_walkers = num
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, num_steps=20, batch_size=256, sampler_steps=4, eval_samples=256)
+  dim = len(c.data.params.means[0])  # 50 or a dim<N> token's
+  c.data.params = mixture_params(min(dim, 5))
+  c.method.num_walkers = 256
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   dim, h = 50, 0.1
   c.data.name = 'gaussian_mixture'
+  c.data.params = mixture_params(dim)
   c.net = ml_collections.ConfigDict(dict(
       name='gmm_energy', num_components=2, init_noise=0.01, init_log_std=0.0,
       learn_log_stds=False, freeze_first_logit=True))
-  c.method = ml_collections.ConfigDict(dict(
-      name='ebm', estimator='jarzynski', num_walkers=10000, step_size=h, ula_steps=1,
-      cd_steps=4, resampler='systematic', resample_threshold=1.0 / 1.2, energy_reg=0.0,
-      param_lr_scale={'means': 0.2}))
+  c.method = common.method('ebm', num_walkers=10000, step_size=h, cd_steps=4,
+                           resample_threshold=1.0 / 1.2, param_lr_scale={'means': 0.2})
   c.optim = ml_collections.ConfigDict(dict(
       name='sgd', lr=h / 8, schedule='constant', warmup_steps=0, grad_clip=0.0,
       ema_decays=()))
@@ -53,24 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.num_samples = 2000
   c.eval.metrics = ('sliced_wasserstein', 'nll')
   c.eval.use_ema = False
-  for token in filter(None, (arg or '').split(',')):
-    if token in ESTIMATORS:
-      c.method.estimator = token
-    elif token in RESAMPLERS:
-      c.method.resampler = token
-    elif token.startswith('dim') and token[3:].isdigit():
-      dim = int(token[3:])
-    elif token.startswith('walkers') and token[7:].isdigit():
-      c.method.num_walkers = int(token[7:])
-    elif token == 'smoke':
-      dim = min(dim, 5)
-      c.method.num_walkers = 256
-      c.train.num_steps, c.train.batch_size = 20, 256
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.sampler.steps = 4
-      c.eval.num_samples = 256
-    else:
-      allowed = ', '.join(ESTIMATORS + RESAMPLERS + ('dim<N>', 'walkers<N>', 'smoke'))
-      raise ValueError(f'unknown ebm gmm variant {token!r}; allowed tokens: {allowed}')
-  c.data.params = mixture_params(dim)
-  return c
+  edits = {
+      **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
+      **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},
+  }
+  patterns = {'dim<N>': common.numbered('dim', _set_dim),
+              'walkers<N>': common.numbered('walkers', _set_walkers)}
+  return common.apply_variant(c, arg, edits, 'ebm gmm', smoke_edit=_smoke,
+                              patterns=patterns)

@@ -14,6 +14,7 @@ systematic / multinomial; smoke (tiny, for tests).
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 DATA = ('8gaussians', 'grid', 'moons', 'checkerboard', 'rings', 'swissroll')
@@ -21,15 +22,18 @@ ESTIMATORS = ('jarzynski', 'pcd', 'cd', 'ula_unweighted')
 RESAMPLERS = ('systematic', 'multinomial')
 
 
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, sampler_steps=4, eval_samples=128, net=dict(hidden=16, depth=2))
+  c.method.num_walkers, c.method.ula_steps = 128, 2
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = '8gaussians'
   c.net = ml_collections.ConfigDict(dict(name='energy_mlp', hidden=128, depth=3,
                                          activation='silu', prior_std=3.0))
-  c.method = ml_collections.ConfigDict(dict(
-      name='ebm', estimator='jarzynski', num_walkers=2000, step_size=0.01, ula_steps=5,
-      cd_steps=10, resampler='systematic', resample_threshold=0.5, energy_reg=1e-3,
-      param_lr_scale={}))
+  c.method = common.method('ebm', num_walkers=2000, step_size=0.01, ula_steps=5,
+                           cd_steps=10, energy_reg=1e-3)
   c.optim.name = 'adam'
   c.optim.lr = 1e-3
   c.optim.b1 = 0.0
@@ -43,21 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=100, step_size=0.01))
   c.eval.num_samples = 2000
   c.eval.use_ema = False
-  for token in filter(None, (arg or '').split(',')):
-    if token in DATA:
-      c.data.name = token
-    elif token in ESTIMATORS:
-      c.method.estimator = token
-    elif token in RESAMPLERS:
-      c.method.resampler = token
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth = 16, 2
-      c.method.num_walkers, c.method.ula_steps = 128, 2
-      c.train.num_steps, c.train.batch_size = 20, 64
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.sampler.steps = 4
-      c.eval.num_samples = 128
-    else:
-      allowed = ', '.join(DATA + ESTIMATORS + RESAMPLERS + ('smoke',))
-      raise ValueError(f'unknown ebm toy2d variant {token!r}; allowed tokens: {allowed}')
-  return c
+  edits = {
+      **{d: common.setter(**{'data.name': d}) for d in DATA},
+      **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
+      **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},
+  }
+  return common.apply_variant(c, arg, edits, 'ebm toy2d', smoke_edit=_smoke)

@@ -9,6 +9,7 @@ classes; implies cond), ot (minibatch OT coupling), vp / cosine (path), smoke (t
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 TOKENS = ('cond', 'contrastive', 'ot', 'vp', 'cosine', 'linear', 'smoke')
@@ -20,11 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.net = ml_collections.ConfigDict(dict(
       name='unet', channels=32, channel_mult=(1, 2), num_res_blocks=1,
       attn_resolutions=(4,), dropout=0.0))
-  c.method = ml_collections.ConfigDict(dict(
-      name='flow_matching', path='linear', sigma_min=0.0, coupling='independent',
-      gamma='none', gamma_scale=1.0, denoiser_head=False, contrastive_weight=0.0,
-      negatives='any', time_sampling='uniform', t_eps=0.0, class_conditional=False,
-      label_dropout=0.0))
+  c.method = common.method('flow_matching')
   c.optim.lr = 1e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 200
@@ -39,26 +36,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.steps = 20
   c.eval.num_samples = 500
   c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
-  for token in filter(None, (arg or '').split(',')):
-    if token == 'cond':
-      c.method.class_conditional = True
-      c.method.label_dropout = 0.1
-    elif token == 'contrastive':
-      c.method.class_conditional = True
-      c.method.contrastive_weight = 0.05
-      c.method.negatives = 'other_class'
-    elif token == 'ot':
-      c.method.coupling = 'ot'
-    elif token in ('vp', 'cosine', 'linear'):
-      c.method.path = token
-    elif token == 'smoke':
-      c.net.channels, c.net.num_res_blocks = 8, 1
-      c.train.num_steps, c.train.batch_size = 6, 16
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 2, 6, 3
-      c.optim.warmup_steps = 0
-      c.sampler.steps = 2
-      c.eval.num_samples = 16
-    else:
-      raise ValueError(f'unknown digits variant {token!r}; allowed tokens: '
-                       + ', '.join(TOKENS))
-  return c
+  edits = {
+      'cond': common.setter(**{'method.class_conditional': True,
+                               'method.label_dropout': 0.1}),
+      'contrastive': common.setter(**{'method.class_conditional': True,
+                                      'method.contrastive_weight': 0.05,
+                                      'method.negatives': 'other_class'}),
+      'ot': common.setter(**{'method.coupling': 'ot'}),
+      **{p: common.setter(**{'method.path': p}) for p in ('vp', 'cosine', 'linear')},
+  }
+  return common.apply_variant(
+      c, arg, edits, 'digits',
+      smoke_edit=lambda c: common.smoke(
+          c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
+          sampler_steps=2, eval_samples=16, net=dict(channels=8, num_res_blocks=1)))

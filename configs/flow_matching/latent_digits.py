@@ -15,6 +15,7 @@ ot (minibatch OT coupling), cond (class-conditional, 10% label dropout), smoke (
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 TOKENS = ('sample', 'ot', 'cond', 'smoke')
@@ -26,11 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name='latents', vae_workdir='runs/vae_digits', latents='mean', standardize=True,
       use_ema=True, num_examples=10000, params={}, split='train', data_dir=''))
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
-  c.method = ml_collections.ConfigDict(dict(
-      name='flow_matching', path='linear', sigma_min=0.0, coupling='independent',
-      gamma='none', gamma_scale=1.0, denoiser_head=False, contrastive_weight=0.0,
-      negatives='any', time_sampling='uniform', t_eps=0.0, class_conditional=False,
-      label_dropout=0.0))
+  c.method = common.method('flow_matching')
   c.optim.lr = 2e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 100
@@ -45,22 +42,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.steps = 20
   c.eval.num_samples = 500
   c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
-  for token in filter(None, (arg or '').split(',')):
-    if token == 'sample':
-      c.data.latents = 'sample'
-    elif token == 'ot':
-      c.method.coupling = 'ot'
-    elif token == 'cond':
-      c.method.class_conditional = True
-      c.method.label_dropout = 0.1
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth, c.net.emb_dim = 32, 2, 16
-      c.train.num_steps, c.train.batch_size = 8, 32
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 4, 8, 4
-      c.optim.warmup_steps = 0
-      c.sampler.steps = 4
-      c.eval.num_samples = 32
-    else:
-      raise ValueError(f'unknown latent_digits variant {token!r}; allowed tokens: '
-                       + ', '.join(TOKENS))
-  return c
+  edits = {
+      'sample': common.setter(**{'data.latents': 'sample'}),
+      'ot': common.setter(**{'method.coupling': 'ot'}),
+      'cond': common.setter(**{'method.class_conditional': True,
+                               'method.label_dropout': 0.1}),
+  }
+  return common.apply_variant(
+      c, arg, edits, 'latent_digits',
+      smoke_edit=lambda c: common.smoke(
+          c, num_steps=8, batch_size=32, log_every=4, eval_every=8, ckpt_every=4,
+          sampler_steps=4, eval_samples=32, net=dict(hidden=32, depth=2, emb_dim=16)))

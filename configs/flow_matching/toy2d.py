@@ -12,6 +12,7 @@ The variant is a comma-separated list of tokens, in any order:
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 DATA = ('8gaussians', 'grid', 'moons', 'checkerboard', 'rings', 'swissroll')
@@ -24,11 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = '8gaussians'
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
-  c.method = ml_collections.ConfigDict(dict(
-      name='flow_matching', path='linear', sigma_min=0.0, coupling='independent',
-      gamma='none', gamma_scale=1.0, denoiser_head=False, contrastive_weight=0.0,
-      negatives='any', time_sampling='uniform', t_eps=0.0, class_conditional=False,
-      label_dropout=0.0))
+  c.method = common.method('flow_matching')
   c.optim.lr = 2e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 100
@@ -42,25 +39,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.name = 'heun'
   c.sampler.steps = 50
   c.eval.num_samples = 2000
-  for token in filter(None, (arg or '').split(',')):
-    if token in DATA:
-      c.data.name = token
-    elif token in PATHS:
-      c.method.path = token
-    elif token in COUPLINGS:
-      c.method.coupling = token
-    elif token == 'si':
-      c.method.gamma = 'sqrt'
-      c.method.denoiser_head = True
-      c.method.t_eps = 1e-3
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth, c.net.emb_dim = 32, 2, 16
-      c.train.num_steps, c.train.batch_size = 20, 64
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.optim.warmup_steps = 0
-      c.sampler.steps = 8
-      c.eval.num_samples = 256
-    else:
-      allowed = ', '.join(DATA + PATHS + COUPLINGS + OTHER)
-      raise ValueError(f'unknown toy2d variant {token!r}; allowed tokens: {allowed}')
-  return c
+  edits = {
+      **{d: common.setter(**{'data.name': d}) for d in DATA},
+      **{p: common.setter(**{'method.path': p}) for p in PATHS},
+      **{k: common.setter(**{'method.coupling': k}) for k in COUPLINGS},
+      'si': common.setter(**{'method.gamma': 'sqrt', 'method.denoiser_head': True,
+                             'method.t_eps': 1e-3}),
+  }
+  return common.apply_variant(
+      c, arg, edits, 'toy2d',
+      smoke_edit=lambda c: common.smoke(c, net=dict(hidden=32, depth=2, emb_dim=16)))

@@ -17,6 +17,7 @@ Variant tokens (comma-separated):
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 VARIANCE = {'learned': 'learned_scalar', 'pixel': 'learned_pixel', 'fixed': 'fixed',
@@ -25,16 +26,30 @@ LIKELIHOOD = ('bernoulli', 'logistic')
 OTHER = ('beta<x>', 'warmup', 'mlp', 'smoke')
 
 
+def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
+  c.method.beta = beta
+
+
+def _warmup(c: ml_collections.ConfigDict) -> None:
+  c.method.kl_warmup_steps = c.train.num_steps // 5
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  net = dict(channels=(8, 16), hidden=32) if c.net.name == 'vae_conv' else dict(hidden=32)
+  common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
+               sampler_steps=None, eval_samples=16, net=net)
+  c.method.iwae_k, c.method.iwae_chunk = (1, 8), 4
+  c.method.eval_examples, c.method.eval_batch = 16, 16
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = 'digits'
   c.net = ml_collections.ConfigDict(dict(name='vae_conv', channels=(32, 64), hidden=256,
                                          activation='silu'))
-  c.method = ml_collections.ConfigDict(dict(
-      name='vae', latent_dim=8, likelihood='gaussian', variance='balanced',
-      fixed_sigma=0.1, beta=1.0, kl_warmup_steps=0, balance_decay=0.99,
-      balance_init_mse=1.0, num_bins=17, iwae_k=(1, 64, 1000), iwae_chunk=200,
-      eval_examples=297, eval_batch=297, eval_split='test'))
+  c.method = common.method('vae', variance='balanced', num_bins=17, iwae_k=(1, 64, 1000),
+                           iwae_chunk=200, eval_examples=297, eval_batch=297,
+                           eval_split='test')
   c.optim.lr = 1e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 100
@@ -47,38 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.ckpt_every = 2000
   c.eval.num_samples = 500
   c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
-  for token in filter(None, (arg or '').split(',')):
-    if token in VARIANCE:
-      c.method.variance = VARIANCE[token]
-    elif token in LIKELIHOOD:
-      c.method.likelihood = token
-    elif token.startswith('beta') and _is_float(token[4:]):
-      c.method.beta = float(token[4:])
-    elif token == 'warmup':
-      c.method.kl_warmup_steps = c.train.num_steps // 5
-    elif token == 'mlp':
-      c.net = ml_collections.ConfigDict(dict(name='vae_mlp', hidden=256, depth=2,
-                                             activation='silu'))
-    elif token == 'smoke':
-      if c.net.name == 'vae_conv':
-        c.net.channels, c.net.hidden = (8, 16), 32
-      else:
-        c.net.hidden = 32
-      c.train.num_steps, c.train.batch_size = 6, 16
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 2, 6, 3
-      c.optim.warmup_steps = 0
-      c.method.iwae_k, c.method.iwae_chunk = (1, 8), 4
-      c.method.eval_examples, c.method.eval_batch = 16, 16
-      c.eval.num_samples = 16
-    else:
-      allowed = ', '.join(tuple(VARIANCE) + LIKELIHOOD + OTHER)
-      raise ValueError(f'unknown vae digits variant {token!r}; allowed tokens: {allowed}')
-  return c
-
-
-def _is_float(s: str) -> bool:
-  try:
-    float(s)
-  except ValueError:
-    return False
-  return True
+  edits = {
+      **{k: common.setter(**{'method.variance': v}) for k, v in VARIANCE.items()},
+      **{k: common.setter(**{'method.likelihood': k}) for k in LIKELIHOOD},
+      'warmup': _warmup,
+      'mlp': common.setter(net=ml_collections.ConfigDict(dict(
+          name='vae_mlp', hidden=256, depth=2, activation='silu'))),
+  }
+  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
+  return common.apply_variant(c, arg, edits, 'vae digits', smoke_edit=_smoke,
+                              patterns=patterns)

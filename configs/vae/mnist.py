@@ -15,6 +15,7 @@ Variant tokens (comma-separated):
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 VARIANCE = {'learned': 'learned_scalar', 'pixel': 'learned_pixel', 'fixed': 'fixed',
@@ -23,16 +24,29 @@ LIKELIHOOD = ('bernoulli', 'gaussian', 'logistic')
 OTHER = ('beta<x>', 'warmup', 'smoke')
 
 
+def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
+  c.method.beta = beta
+
+
+def _warmup(c: ml_collections.ConfigDict) -> None:
+  c.method.kl_warmup_steps = c.train.num_steps // 5
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, num_steps=4, batch_size=8, log_every=2, eval_every=4, ckpt_every=4,
+               sampler_steps=None, eval_samples=8, net=dict(channels=(4, 8), hidden=32))
+  c.method.latent_dim = 4
+  c.method.iwae_k, c.method.iwae_chunk = (1, 4), 4
+  c.method.eval_examples, c.method.eval_batch = 8, 8
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = 'mnist'
   c.net = ml_collections.ConfigDict(dict(name='vae_conv', channels=(32, 64), hidden=512,
                                          activation='silu'))
-  c.method = ml_collections.ConfigDict(dict(
-      name='vae', latent_dim=16, likelihood='bernoulli', variance='learned_scalar',
-      fixed_sigma=0.1, beta=1.0, kl_warmup_steps=0, balance_decay=0.99,
-      balance_init_mse=1.0, num_bins=256, iwae_k=(1, 64, 1000), iwae_chunk=100,
-      eval_examples=1000, eval_batch=100, eval_split='test'))
+  c.method = common.method('vae', latent_dim=16, likelihood='bernoulli',
+                           iwae_k=(1, 64, 1000), eval_examples=1000, eval_split='test')
   c.optim.lr = 1e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 500
@@ -45,34 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.ckpt_every = 5000
   c.eval.num_samples = 1000
   c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
-  for token in filter(None, (arg or '').split(',')):
-    if token in VARIANCE:
-      c.method.likelihood = 'gaussian'
-      c.method.variance = VARIANCE[token]
-    elif token in LIKELIHOOD:
-      c.method.likelihood = token
-    elif token.startswith('beta') and _is_float(token[4:]):
-      c.method.beta = float(token[4:])
-    elif token == 'warmup':
-      c.method.kl_warmup_steps = c.train.num_steps // 5
-    elif token == 'smoke':
-      c.net.channels, c.net.hidden = (4, 8), 32
-      c.method.latent_dim = 4
-      c.train.num_steps, c.train.batch_size = 4, 8
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 2, 4, 4
-      c.optim.warmup_steps = 0
-      c.method.iwae_k, c.method.iwae_chunk = (1, 4), 4
-      c.method.eval_examples, c.method.eval_batch = 8, 8
-      c.eval.num_samples = 8
-    else:
-      allowed = ', '.join(tuple(VARIANCE) + LIKELIHOOD + OTHER)
-      raise ValueError(f'unknown vae mnist variant {token!r}; allowed tokens: {allowed}')
-  return c
-
-
-def _is_float(s: str) -> bool:
-  try:
-    float(s)
-  except ValueError:
-    return False
-  return True
+  edits = {
+      # A variance token implies the Gaussian decoder it is the variance of.
+      **{k: common.setter(**{'method.likelihood': 'gaussian', 'method.variance': v})
+         for k, v in VARIANCE.items()},
+      **{k: common.setter(**{'method.likelihood': k}) for k in LIKELIHOOD},
+      'warmup': _warmup,
+  }
+  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
+  return common.apply_variant(c, arg, edits, 'vae mnist', smoke_edit=_smoke,
+                              patterns=patterns)

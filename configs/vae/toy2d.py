@@ -12,6 +12,7 @@ The variant is a comma-separated list of tokens, in any order:
 """
 import ml_collections
 
+from configs import common
 from gensuite import config as config_lib
 
 DATA = ('8gaussians', 'grid', 'moons', 'checkerboard', 'rings', 'swissroll')
@@ -20,16 +21,27 @@ VARIANCE = {'learned': 'learned_scalar', 'pixel': 'learned_pixel', 'fixed': 'fix
 OTHER = ('beta<x>', 'warmup', 'smoke')
 
 
+def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
+  c.method.beta = beta
+
+
+def _warmup(c: ml_collections.ConfigDict) -> None:
+  c.method.kl_warmup_steps = c.train.num_steps // 5
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, sampler_steps=None, net=dict(hidden=32, depth=1))
+  c.method.iwae_k, c.method.iwae_chunk = (1, 16), 8
+  c.method.eval_examples, c.method.eval_batch = 64, 32
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = '8gaussians'
   c.net = ml_collections.ConfigDict(dict(name='vae_mlp', hidden=128, depth=2,
                                          activation='silu'))
-  c.method = ml_collections.ConfigDict(dict(
-      name='vae', latent_dim=2, likelihood='gaussian', variance='learned_scalar',
-      fixed_sigma=0.1, beta=1.0, kl_warmup_steps=0, balance_decay=0.99,
-      balance_init_mse=1.0, num_bins=256, iwae_k=(1, 64, 1000), iwae_chunk=250,
-      eval_examples=1000, eval_batch=250, eval_split=''))
+  c.method = common.method('vae', latent_dim=2, iwae_k=(1, 64, 1000), iwae_chunk=250,
+                           eval_examples=1000, eval_batch=250)
   c.optim.lr = 2e-3
   c.optim.schedule = 'cosine'
   c.optim.warmup_steps = 100
@@ -41,32 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 2500
   c.train.ckpt_every = 2500
   c.eval.num_samples = 2000
-  for token in filter(None, (arg or '').split(',')):
-    if token in DATA:
-      c.data.name = token
-    elif token in VARIANCE:
-      c.method.variance = VARIANCE[token]
-    elif token.startswith('beta') and _is_float(token[4:]):
-      c.method.beta = float(token[4:])
-    elif token == 'warmup':
-      c.method.kl_warmup_steps = c.train.num_steps // 5
-    elif token == 'smoke':
-      c.net.hidden, c.net.depth = 32, 1
-      c.train.num_steps, c.train.batch_size = 20, 64
-      c.train.log_every, c.train.eval_every, c.train.ckpt_every = 5, 10, 10
-      c.optim.warmup_steps = 0
-      c.method.iwae_k, c.method.iwae_chunk = (1, 16), 8
-      c.method.eval_examples, c.method.eval_batch = 64, 32
-      c.eval.num_samples = 256
-    else:
-      allowed = ', '.join(DATA + tuple(VARIANCE) + OTHER)
-      raise ValueError(f'unknown vae toy2d variant {token!r}; allowed tokens: {allowed}')
-  return c
-
-
-def _is_float(s: str) -> bool:
-  try:
-    float(s)
-  except ValueError:
-    return False
-  return True
+  edits = {
+      **{d: common.setter(**{'data.name': d}) for d in DATA},
+      **{k: common.setter(**{'method.variance': v}) for k, v in VARIANCE.items()},
+      'warmup': _warmup,
+  }
+  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
+  return common.apply_variant(c, arg, edits, 'vae toy2d', smoke_edit=_smoke,
+                              patterns=patterns)
