@@ -129,3 +129,34 @@ def distill_objective(c: ml_collections.ConfigDict, objective: str, **overrides)
   from the defaults, every other field chosen so far (divergence, lr_*, gen_steps, ...)
   is kept; `overrides` come last."""
   rebuild_method(c, drop=DISTILL_DEPENDENT, objective=objective, **overrides)
+
+
+def distill_objective_edits(objectives, file_overrides: Mapping[str, Mapping] = None
+                            ) -> dict[str, Edit]:
+  """token -> edit for each objective: distill_objective with JS for f-distill and
+  reverse KL otherwise (what DMD/DMD2 minimise), then the file's own overrides."""
+  def edit_for(objective):
+    def edit(c):
+      distill_objective(c, objective,
+                        divergence='js' if objective == 'f_distill' else 'reverse_kl',
+                        **(file_overrides or {}).get(objective, {}))
+    return edit
+  return {objective: edit_for(objective) for objective in objectives}
+
+
+def vae_edits() -> tuple[dict[str, Edit], dict]:
+  """The VAE tokens every VAE config has: `warmup` (KL warm-up over the first fifth of
+  training) and `beta<x>` (the KL weight), as (edits, patterns) for apply_variant."""
+  def warmup(c):
+    c.method.kl_warmup_steps = c.train.num_steps // 5
+
+  def set_beta(c, beta):
+    c.method.beta = beta
+  return {'warmup': warmup}, {'beta<x>': numbered('beta', set_beta, kind=float)}
+
+
+def digits_unet(channels: int = 32) -> ml_collections.ConfigDict:
+  """The small U-Net the digits configs use (8x8 images: two levels, attention at 4x4)."""
+  return ml_collections.ConfigDict(dict(
+      name='unet', channels=channels, channel_mult=(1, 2), num_res_blocks=1,
+      attn_resolutions=(4,), dropout=0.0))

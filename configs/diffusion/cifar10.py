@@ -54,23 +54,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name='unet', channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
       attn_resolutions=(16,), dropout=0.13))
   c.method = common.method('diffusion')
-  c.optim.name = 'adam'
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'constant'
-  c.optim.warmup_steps = 20_000
-  c.optim.grad_clip = 0.0
+  c.optim.update(name='adam', lr=1e-3, schedule='constant', warmup_steps=20_000, grad_clip=0.0)
   c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
   c.optim.ema_decays = (0.9993,)
-  c.train.num_steps = 390_000
-  c.train.batch_size = 512
-  c.train.log_every = 100
-  c.train.eval_every = 10_000
-  c.train.ckpt_every = 10_000
-  c.sampler.name = 'heun'
-  c.sampler.steps = 18
-  c.eval.num_samples = 10_000
-  c.eval.sample_batch = 1000
-  c.eval.metrics = ()
+  c.train.update(num_steps=390_000, batch_size=512, log_every=100, eval_every=10_000,
+                 ckpt_every=10_000)
+  c.sampler.update(name='heun', steps=18)
+  c.eval.update(num_samples=10_000, sample_batch=1000, metrics=())
   # No smoke variant: paper scale only (tests use configs/diffusion/digits.py:smoke).
   edits = {
       'edm': common.setter(**{'method.formulation': 'edm'}),

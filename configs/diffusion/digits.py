@@ -28,25 +28,15 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = 'digits'
-  c.net = ml_collections.ConfigDict(dict(
-      name='unet', channels=32, channel_mult=(1, 2), num_res_blocks=1,
-      attn_resolutions=(4,), dropout=0.0))
+  c.net = common.digits_unet()
   c.method = common.method('diffusion', sigma_max=20.0)
   # Constant lr after warmup: a run can be extended (train.num_steps may change on
   # resume) without bending its schedule.
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'constant'
-  c.optim.warmup_steps = 200
-  c.optim.ema_decays = (0.999,)
-  c.train.num_steps = 3000
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.train.eval_every = 500
-  c.train.ckpt_every = 500
-  c.sampler.name = 'heun'
-  c.sampler.steps = 18
-  c.eval.num_samples = 500
-  c.eval.metrics = ('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits')
+  c.optim.update(lr=1e-3, schedule='constant', warmup_steps=200, ema_decays=(0.999,))
+  c.train.update(num_steps=3000, batch_size=128, log_every=100, eval_every=500, ckpt_every=500)
+  c.sampler.update(name='heun', steps=18)
+  c.eval.update(num_samples=500,
+                metrics=('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits'))
   edits = {
       'cond': common.setter(**{'method.class_conditional': True,
                                'method.label_dropout': 0.1}),

@@ -23,18 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = '8gaussians'
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
   c.method = common.method('diffusion', sigma_data=1.0, sigma_max=10.0)
-  c.optim.lr = 2e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = (0.999,)
-  c.train.num_steps = 5000
-  c.train.batch_size = 512
-  c.train.log_every = 250
-  c.train.eval_every = 2500
-  c.train.ckpt_every = 2500
-  c.sampler.name = 'heun'
-  c.sampler.steps = 32
+  c.optim.update(lr=2e-3, schedule='cosine', warmup_steps=100, final_lr_fraction=0.05,
+                 ema_decays=(0.999,))
+  c.train.update(num_steps=5000, batch_size=512, log_every=250, eval_every=2500, ckpt_every=2500)
+  c.sampler.update(name='heun', steps=32)
   c.eval.num_samples = 2000
   edits = {
       'edm': common.setter(**{'method.formulation': 'edm'}),

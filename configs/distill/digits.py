@@ -1,8 +1,8 @@
 """One-step distillation of a trained digits diffusion run (8x8 scikit-learn digits).
 
-  gensuite train --config=configs/diffusion/digits.py --workdir=/work/runs/edm_digits
+  gensuite train --config=configs/diffusion/digits.py --workdir=runs/edm_digits
   gensuite train --config=configs/distill/digits.py --workdir=runs/distill_digits \
-      --config.teacher.workdir=/work/runs/edm_digits
+      --config.teacher.workdir=runs/edm_digits
   gensuite sample --workdir=runs/distill_digits --steps=1 --num=64 --out=x.npz
 
 The teacher is the run in config.teacher.workdir (its own config and EMA weights;
@@ -26,14 +26,6 @@ OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0), 'dmd2': dict(disc_head='separate')}
 
 
-def _objective(token: str):
-  def edit(c):
-    common.distill_objective(c, token,
-                             divergence='js' if token == 'f_distill' else 'reverse_kl',
-                             **OBJECTIVE_OVERRIDES.get(token, {}))
-  return edit
-
-
 def _smoke(c: ml_collections.ConfigDict) -> None:
   common.smoke(c, num_steps=4, batch_size=16, log_every=2, eval_every=4, ckpt_every=2,
                sampler_steps=None, eval_samples=16, net=dict(channels=8))
@@ -49,24 +41,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.net = ml_collections.ConfigDict(dict(
       name='unet', channels=16, channel_mult=(1, 2), num_res_blocks=1,
       attn_resolutions=(), dropout=0.0))
-  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='/work/runs/edm_digits',
+  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='runs/edm_digits',
                                              params={}))
   c.method = common.method('distill', divergence='js', num_pairs=512, reg_batch=64,
                            lr_generator=2e-5, lr_fake_score=1e-4, lr_discriminator=1e-4)
-  c.optim.lr = 1e-4
-  c.optim.grad_clip = 10.0
-  c.optim.ema_decays = (0.99,)
-  c.train.num_steps = 1000
-  c.train.batch_size = 64
-  c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.ckpt_every = 250
-  c.sampler.name = 'euler'  # ignored by the student; steps = its NFE at eval
-  c.sampler.steps = 1
-  c.eval.num_samples = 500
-  c.eval.metrics = ('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits')
+  c.optim.update(lr=1e-4, grad_clip=10.0, ema_decays=(0.99,))
+  c.train.update(num_steps=1000, batch_size=64, log_every=50, eval_every=500, ckpt_every=250)
+  c.sampler.update(name='euler', steps=1)  # the student ignores the name; steps = its NFE
+  c.eval.update(num_samples=500,
+                metrics=('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits'))
   edits = {
-      **{o: _objective(o) for o in OBJECTIVES},
+      **common.distill_objective_edits(OBJECTIVES, OBJECTIVE_OVERRIDES),
       **{d: common.setter(**{'method.divergence': d}) for d in divergences.DIVERGENCES},
   }
   return common.apply_variant(c, arg, edits, 'distill digits', smoke_edit=_smoke)

@@ -37,14 +37,6 @@ def unequal8_params(radius: float = 2.0, std: float = 0.15) -> dict:
   return dict(means=means, stds=std, weights=list(UNEQUAL_WEIGHTS))
 
 
-def _objective(token: str):
-  def edit(c):
-    common.distill_objective(c, token,
-                             divergence='js' if token == 'f_distill' else 'reverse_kl',
-                             **OBJECTIVE_OVERRIDES.get(token, {}))
-  return edit
-
-
 def _smoke(c: ml_collections.ConfigDict) -> None:
   common.smoke(c, sampler_steps=None, net=dict(hidden=32, depth=2, emb_dim=16))
   c.method.num_pairs, c.method.pair_steps, c.method.reg_batch = 64, 4, 32
@@ -53,29 +45,21 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
-  c.data.name = 'gaussian_mixture'
-  c.data.params = unequal8_params()
+  c.data.update(name='gaussian_mixture', params=unequal8_params())
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=128, depth=3, emb_dim=32))
   c.teacher = ml_collections.ConfigDict(dict(analytic='data', workdir='', params={}))
   c.method = common.method('distill', divergence='js', lr_generator=1e-4,
                            lr_fake_score=1e-3, lr_discriminator=1e-3)
-  c.optim.lr = 1e-3
-  c.optim.grad_clip = 10.0
-  c.optim.ema_decays = (0.99,)
-  c.train.num_steps = 3000
-  c.train.batch_size = 256
-  c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 1000
-  c.sampler.name = 'euler'  # ignored by the student; steps = its NFE at eval
-  c.sampler.steps = 1
+  c.optim.update(lr=1e-3, grad_clip=10.0, ema_decays=(0.99,))
+  c.train.update(num_steps=3000, batch_size=256, log_every=100, eval_every=1000, ckpt_every=1000)
+  c.sampler.update(name='euler', steps=1)  # the student ignores the name; steps = its NFE
   c.eval.num_samples = 2000
   edits = {
       'unequal8': common.setter(**{'data.name': 'gaussian_mixture',
                                    'data.params': unequal8_params()}),
       '8gaussians': common.setter(**{'data.name': '8gaussians', 'data.params': {}}),
       'grid': common.setter(**{'data.name': 'grid', 'data.params': {}}),
-      **{o: _objective(o) for o in OBJECTIVES},
+      **common.distill_objective_edits(OBJECTIVES, OBJECTIVE_OVERRIDES),
       **{d: common.setter(**{'method.divergence': d}) for d in divergences.DIVERGENCES},
       'multistep': common.setter(**{'method.gen_steps': 4, 'sampler.steps': 4}),
   }

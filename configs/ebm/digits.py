@@ -34,20 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          activation='silu', prior_std=1.0))
   c.method = common.method('ebm', num_walkers=512, step_size=1e-3, ula_steps=10,
                            cd_steps=20, resample_threshold=0.3, energy_reg=1e-2)
-  c.optim.name = 'adam'
-  c.optim.lr = 1e-4
-  c.optim.b1 = 0.0
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decays = ()
-  c.train.num_steps = 3000
-  c.train.batch_size = 128
-  c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 1000
+  c.optim.update(name='adam', lr=1e-4, b1=0.0, grad_clip=1.0, ema_decays=())
+  c.train.update(num_steps=3000, batch_size=128, log_every=100, eval_every=1000, ckpt_every=1000)
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=100, step_size=1e-3))
-  c.eval.num_samples = 256
-  c.eval.metrics = ('mmd', 'sliced_wasserstein')
-  c.eval.use_ema = False
+  c.eval.update(num_samples=256, metrics=('mmd', 'sliced_wasserstein'), use_ema=False)
   edits = {
       **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
       **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},

@@ -49,8 +49,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   dim, h = 50, 0.1
-  c.data.name = 'gaussian_mixture'
-  c.data.params = mixture_params(dim)
+  c.data.update(name='gaussian_mixture', params=mixture_params(dim))
   c.net = ml_collections.ConfigDict(dict(
       name='gmm_energy', num_components=2, init_noise=0.01, init_log_std=0.0,
       learn_log_stds=False, freeze_first_logit=True))
@@ -59,15 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name='sgd', lr=h / 8, schedule='constant', warmup_steps=0, grad_clip=0.0,
       ema_decays=()))
-  c.train.num_steps = 8000
-  c.train.batch_size = 10000
-  c.train.log_every = 100
-  c.train.eval_every = 2000
-  c.train.ckpt_every = 2000
+  c.train.update(num_steps=8000, batch_size=10000, log_every=100, eval_every=2000,
+                 ckpt_every=2000)
   c.sampler = ml_collections.ConfigDict(dict(name='mala', steps=20, step_size=h))
-  c.eval.num_samples = 2000
-  c.eval.metrics = ('sliced_wasserstein', 'nll')
-  c.eval.use_ema = False
+  c.eval.update(num_samples=2000, metrics=('sliced_wasserstein', 'nll'), use_ema=False)
   edits = {
       **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
       **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},

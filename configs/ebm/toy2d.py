@@ -34,19 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          activation='silu', prior_std=3.0))
   c.method = common.method('ebm', num_walkers=2000, step_size=0.01, ula_steps=5,
                            cd_steps=10, energy_reg=1e-3)
-  c.optim.name = 'adam'
-  c.optim.lr = 1e-3
-  c.optim.b1 = 0.0
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decays = ()
-  c.train.num_steps = 3000
-  c.train.batch_size = 512
-  c.train.log_every = 100
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 1000
+  c.optim.update(name='adam', lr=1e-3, b1=0.0, grad_clip=1.0, ema_decays=())
+  c.train.update(num_steps=3000, batch_size=512, log_every=100, eval_every=1000, ckpt_every=1000)
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=100, step_size=0.01))
-  c.eval.num_samples = 2000
-  c.eval.use_ema = False
+  c.eval.update(num_samples=2000, use_ema=False)
   edits = {
       **{d: common.setter(**{'data.name': d}) for d in DATA},
       **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},

@@ -18,24 +18,13 @@ TOKENS = ('cond', 'contrastive', 'ot', 'vp', 'cosine', 'linear', 'smoke')
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = 'digits'
-  c.net = ml_collections.ConfigDict(dict(
-      name='unet', channels=32, channel_mult=(1, 2), num_res_blocks=1,
-      attn_resolutions=(4,), dropout=0.0))
+  c.net = common.digits_unet()
   c.method = common.method('flow_matching')
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 200
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = (0.999,)
-  c.train.num_steps = 4000
-  c.train.batch_size = 128
-  c.train.log_every = 200
-  c.train.eval_every = 2000
-  c.train.ckpt_every = 2000
-  c.sampler.name = 'heun'
-  c.sampler.steps = 20
-  c.eval.num_samples = 500
-  c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
+  c.optim.update(lr=1e-3, schedule='cosine', warmup_steps=200, final_lr_fraction=0.05,
+                 ema_decays=(0.999,))
+  c.train.update(num_steps=4000, batch_size=128, log_every=200, eval_every=2000, ckpt_every=2000)
+  c.sampler.update(name='heun', steps=20)
+  c.eval.update(num_samples=500, metrics=('mmd', 'sliced_wasserstein', 'energy_distance'))
   edits = {
       'cond': common.setter(**{'method.class_conditional': True,
                                'method.label_dropout': 0.1}),

@@ -28,20 +28,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       use_ema=True, num_examples=10000, params={}, split='train', data_dir=''))
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
   c.method = common.method('flow_matching')
-  c.optim.lr = 2e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = (0.999,)
-  c.train.num_steps = 4000
-  c.train.batch_size = 256
-  c.train.log_every = 200
-  c.train.eval_every = 2000
-  c.train.ckpt_every = 2000
-  c.sampler.name = 'heun'
-  c.sampler.steps = 20
-  c.eval.num_samples = 500
-  c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
+  c.optim.update(lr=2e-3, schedule='cosine', warmup_steps=100, final_lr_fraction=0.05,
+                 ema_decays=(0.999,))
+  c.train.update(num_steps=4000, batch_size=256, log_every=200, eval_every=2000, ckpt_every=2000)
+  c.sampler.update(name='heun', steps=20)
+  c.eval.update(num_samples=500, metrics=('mmd', 'sliced_wasserstein', 'energy_distance'))
   edits = {
       'sample': common.setter(**{'data.latents': 'sample'}),
       'ot': common.setter(**{'method.coupling': 'ot'}),

@@ -26,14 +26,6 @@ LIKELIHOOD = ('bernoulli', 'logistic')
 OTHER = ('beta<x>', 'warmup', 'mlp', 'smoke')
 
 
-def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
-  c.method.beta = beta
-
-
-def _warmup(c: ml_collections.ConfigDict) -> None:
-  c.method.kl_warmup_steps = c.train.num_steps // 5
-
-
 def _smoke(c: ml_collections.ConfigDict) -> None:
   net = dict(channels=(8, 16), hidden=32) if c.net.name == 'vae_conv' else dict(hidden=32)
   common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
@@ -50,25 +42,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = common.method('vae', variance='balanced', num_bins=17, iwae_k=(1, 64, 1000),
                            iwae_chunk=200, eval_examples=297, eval_batch=297,
                            eval_split='test')
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = ()  # the NLL is reported for the trained params themselves
-  c.train.num_steps = 4000
-  c.train.batch_size = 128
-  c.train.log_every = 200
-  c.train.eval_every = 2000
-  c.train.ckpt_every = 2000
-  c.eval.num_samples = 500
-  c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
+  c.optim.update(lr=1e-3, schedule='cosine', warmup_steps=100, final_lr_fraction=0.05,
+                 ema_decays=())  # no EMA: the NLL is reported for the trained params
+  c.train.update(num_steps=4000, batch_size=128, log_every=200, eval_every=2000, ckpt_every=2000)
+  c.eval.update(num_samples=500, metrics=('mmd', 'sliced_wasserstein', 'energy_distance'))
+  shared, patterns = common.vae_edits()
   edits = {
       **{k: common.setter(**{'method.variance': v}) for k, v in VARIANCE.items()},
       **{k: common.setter(**{'method.likelihood': k}) for k in LIKELIHOOD},
-      'warmup': _warmup,
       'mlp': common.setter(net=ml_collections.ConfigDict(dict(
           name='vae_mlp', hidden=256, depth=2, activation='silu'))),
+      **shared,
   }
-  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
   return common.apply_variant(c, arg, edits, 'vae digits', smoke_edit=_smoke,
                               patterns=patterns)

@@ -24,14 +24,6 @@ LIKELIHOOD = ('bernoulli', 'gaussian', 'logistic')
 OTHER = ('beta<x>', 'warmup', 'smoke')
 
 
-def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
-  c.method.beta = beta
-
-
-def _warmup(c: ml_collections.ConfigDict) -> None:
-  c.method.kl_warmup_steps = c.train.num_steps // 5
-
-
 def _smoke(c: ml_collections.ConfigDict) -> None:
   common.smoke(c, num_steps=4, batch_size=8, log_every=2, eval_every=4, ckpt_every=4,
                sampler_steps=None, eval_samples=8, net=dict(channels=(4, 8), hidden=32))
@@ -47,25 +39,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          activation='silu'))
   c.method = common.method('vae', latent_dim=16, likelihood='bernoulli',
                            iwae_k=(1, 64, 1000), eval_examples=1000, eval_split='test')
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 500
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = ()  # the NLL is reported for the trained params themselves
-  c.train.num_steps = 30000
-  c.train.batch_size = 128
-  c.train.log_every = 500
-  c.train.eval_every = 30000
-  c.train.ckpt_every = 5000
-  c.eval.num_samples = 1000
-  c.eval.metrics = ('mmd', 'sliced_wasserstein', 'energy_distance')
+  c.optim.update(lr=1e-3, schedule='cosine', warmup_steps=500, final_lr_fraction=0.05,
+                 ema_decays=())  # no EMA: the NLL is reported for the trained params
+  c.train.update(num_steps=30000, batch_size=128, log_every=500, eval_every=30000,
+                 ckpt_every=5000)
+  c.eval.update(num_samples=1000, metrics=('mmd', 'sliced_wasserstein', 'energy_distance'))
+  shared, patterns = common.vae_edits()
   edits = {
       # A variance token implies the Gaussian decoder it is the variance of.
       **{k: common.setter(**{'method.likelihood': 'gaussian', 'method.variance': v})
          for k, v in VARIANCE.items()},
       **{k: common.setter(**{'method.likelihood': k}) for k in LIKELIHOOD},
-      'warmup': _warmup,
+      **shared,
   }
-  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
   return common.apply_variant(c, arg, edits, 'vae mnist', smoke_edit=_smoke,
                               patterns=patterns)

@@ -21,14 +21,6 @@ VARIANCE = {'learned': 'learned_scalar', 'pixel': 'learned_pixel', 'fixed': 'fix
 OTHER = ('beta<x>', 'warmup', 'smoke')
 
 
-def _set_beta(c: ml_collections.ConfigDict, beta: float) -> None:
-  c.method.beta = beta
-
-
-def _warmup(c: ml_collections.ConfigDict) -> None:
-  c.method.kl_warmup_steps = c.train.num_steps // 5
-
-
 def _smoke(c: ml_collections.ConfigDict) -> None:
   common.smoke(c, sampler_steps=None, net=dict(hidden=32, depth=1))
   c.method.iwae_k, c.method.iwae_chunk = (1, 16), 8
@@ -42,22 +34,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          activation='silu'))
   c.method = common.method('vae', latent_dim=2, iwae_k=(1, 64, 1000), iwae_chunk=250,
                            eval_examples=1000, eval_batch=250)
-  c.optim.lr = 2e-3
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100
-  c.optim.final_lr_fraction = 0.05
-  c.optim.ema_decays = ()  # the NLL is reported for the trained params themselves
-  c.train.num_steps = 5000
-  c.train.batch_size = 256
-  c.train.log_every = 250
-  c.train.eval_every = 2500
-  c.train.ckpt_every = 2500
+  c.optim.update(lr=2e-3, schedule='cosine', warmup_steps=100, final_lr_fraction=0.05,
+                 ema_decays=())  # no EMA: the NLL is reported for the trained params
+  c.train.update(num_steps=5000, batch_size=256, log_every=250, eval_every=2500, ckpt_every=2500)
   c.eval.num_samples = 2000
+  shared, patterns = common.vae_edits()
   edits = {
       **{d: common.setter(**{'data.name': d}) for d in DATA},
       **{k: common.setter(**{'method.variance': v}) for k, v in VARIANCE.items()},
-      'warmup': _warmup,
+      **shared,
   }
-  patterns = {'beta<x>': common.numbered('beta', _set_beta, kind=float)}
   return common.apply_variant(c, arg, edits, 'vae toy2d', smoke_edit=_smoke,
                               patterns=patterns)
