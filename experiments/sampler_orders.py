@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gensuite import samplers
+from gensuite.data import toy
 from gensuite.samplers import ode
 
 _N = flags.DEFINE_integer('n', 200_000, 'Samples for the SDE bias table.')
@@ -27,14 +28,12 @@ _N = flags.DEFINE_integer('n', 200_000, 'Samples for the SDE bias table.')
 MEANS = np.array([-2.0, 0.5, 3.0])
 STDS = np.array([0.3, 0.6, 0.4])
 WEIGHTS = np.array([0.3, 0.5, 0.2])
+GMM = toy.get('gaussian_mixture', means=MEANS[:, None], stds=STDS, weights=WEIGHTS)
 
 
 def gmm_denoiser(x, sigma):
-  var = jnp.asarray(STDS**2, x.dtype) + sigma**2
-  diff = x[..., None] - jnp.asarray(MEANS, x.dtype)
-  logc = jnp.log(jnp.asarray(WEIGHTS, x.dtype)) - 0.5 * (diff**2 / var + jnp.log(var))
-  post = jnp.asarray(MEANS, x.dtype) + jnp.asarray(STDS**2, x.dtype) / var * diff
-  return jnp.sum(jax.nn.softmax(logc, axis=-1) * post, axis=-1)
+  """E[x_data | x] for the 1-D mixture above, in the dtype of x (float64 here)."""
+  return GMM.noisy_denoiser(x[..., None], sigma)[..., 0]
 
 
 def orders():

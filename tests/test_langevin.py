@@ -57,16 +57,52 @@ def test_mala_returns_the_exact_variance_where_ula_is_biased():
   assert abs(float(jnp.var(x)) - s2) < 0.07
 
 
-def test_mala_log_ratio_is_antisymmetric():
-  energy = lambda x: jnp.sum(x**4 / 4 - x**2, axis=-1)
+def _double_well(x):
+  """U(x) = sum x^4/4 - x^2 (two modes at +-sqrt 2), and its gradient in closed form."""
+  return jnp.sum(x**4 / 4 - x**2, axis=-1), x**3 - 2 * x
+
+
+def _log_proposal(to, frm, grad_frm, h):
+  """log q(to | frm) = log N(to; frm - h grad U(frm), 2h I), normalizer included."""
+  return jnp.sum(jax.scipy.stats.norm.logpdf(to, frm - h * grad_frm, jnp.sqrt(2 * h)),
+                 axis=-1)
+
+
+def test_mala_log_ratio_is_the_metropolis_hastings_ratio():
+  """mala_log_ratio = log [pi(y) q(x|y)] - log [pi(x) q(y|x)] with pi = exp(-U) and the
+  ULA proposal density written out here, on random points of a non-quadratic energy."""
+  h = 0.2
   k1, k2 = jax.random.split(jax.random.PRNGKey(5))
-  x = jax.random.normal(k1, (8, 3))
-  y = jax.random.normal(k2, (8, 3))
-  ux, gx = langevin.energy_and_grad(energy, x)
-  uy, gy = langevin.energy_and_grad(energy, y)
-  fwd = langevin.mala_log_ratio(x, y, ux, uy, gx, gy, 0.2)
-  bwd = langevin.mala_log_ratio(y, x, uy, ux, gy, gx, 0.2)
-  np.testing.assert_allclose(fwd, -bwd, rtol=1e-5, atol=1e-5)
+  x = 1.5 * jax.random.normal(k1, (64, 3))
+  y = x + 0.7 * jax.random.normal(k2, (64, 3))
+  (ux, gx), (uy, gy) = _double_well(x), _double_well(y)
+  want = (-uy + _log_proposal(x, y, gy, h)) - (-ux + _log_proposal(y, x, gx, h))
+  got = langevin.mala_log_ratio(x, y, ux, uy, gx, gy, h)
+  assert float(jnp.std(want)) > 1.0  # a spread of ratios, not a degenerate check
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_mala_kernel_leaves_a_double_well_invariant():
+  """pi K = pi on a grid, for the 1-D MALA kernel K(x, dy) = q(y|x) a(x, y) dy +
+  r(x) delta_x with a = min(1, exp(mala_log_ratio)) and r the rejection mass, and
+  pi ∝ exp(-U) the double well: a wrong ratio (e.g. one that drops the proposal
+  terms) moves mass by far more than the quadrature error."""
+  h = 0.3
+  with jax.enable_x64(True):
+    grid = jnp.linspace(-4.0, 4.0, 1201)
+    n, dx = grid.size, float(grid[1] - grid[0])
+    pi = jnp.exp(-_double_well(grid[:, None])[0])
+    pi = pi / (jnp.sum(pi) * dx)
+    # Every pair (x_i, y_j), flattened as i * n + j, as a batch of 1-D points.
+    xs, ys = jnp.repeat(grid, n)[:, None], jnp.tile(grid, n)[:, None]
+    (ux, gx), (uy, gy) = _double_well(xs), _double_well(ys)
+    log_ratio = langevin.mala_log_ratio(xs, ys, ux, uy, gx, gy, h).reshape(n, n)
+    q = jnp.exp(_log_proposal(ys, xs, gx, h)).reshape(n, n)
+    move = q * jnp.exp(jnp.minimum(log_ratio, 0.0))  # [i, j] density of x_i -> y_j
+    stay = 1.0 - jnp.sum(move, axis=1) * dx
+    pushed = jnp.sum(pi[:, None] * move, axis=0) * dx + pi * stay
+    assert float(jnp.sum(pi * stay) * dx) > 0.05  # a step large enough to reject often
+    np.testing.assert_allclose(pushed, pi, atol=1e-6 * float(jnp.max(pi)))
 
 
 def test_annealed_langevin_with_exact_score_lands_on_a_gmm():

@@ -58,14 +58,41 @@ def test_t_of_sigma_inverts_sigma(name):
     np.testing.assert_allclose(path.from_ve(path.to_ve(x, 0.3), 0.3), x, rtol=1e-12)
 
 
-def test_fm_paths_match_flow_matching():
-  t = jnp.linspace(0.0, 1.0, 11)
+def _fm_closed_forms(kind, sigma_min, t):
+  """(alpha, beta) of flow matching's paths, written out in float64 numpy."""
+  if kind == 'linear':
+    return 1.0 - (1.0 - sigma_min) * t, t
+  if kind == 'cosine':
+    return np.cos(0.5 * np.pi * t), np.sin(0.5 * np.pi * t)
+  s = 1.0 - t  # VP: a(s) = exp(-(s beta_min + s^2 (beta_max - beta_min)/2)/2)
+  signal = np.exp(-0.5 * (s * 0.1 + 0.5 * s**2 * (20.0 - 0.1)))
+  return np.sqrt(1.0 - signal**2), signal
+
+
+def test_fm_paths_are_the_one_definition():
+  """frames.FM_PATHS against the closed forms, the frame built on them, and the method
+  reading the same functions. In float32 too: the VP path's alpha, computed as
+  sqrt(-expm1(2 log a)), stays accurate up to t = 1, where sqrt(1 - a^2) cancels (8%
+  off at t = 1 - 1e-6); the two agree to round-off on [0, 0.9]."""
+  t32 = jnp.asarray(np.concatenate([np.linspace(0.0, 1.0, 11), [1 - 1e-4, 1 - 1e-6]]),
+                    jnp.float32)
+  t64 = np.asarray(t32, np.float64)
   for kind in ('linear', 'vp', 'cosine'):
     for sigma_min in (0.0, 0.1):
-      alpha, beta = fm.PATHS[kind](sigma_min)
+      alpha, beta = frames.FM_PATHS[kind](sigma_min)
+      want = _fm_closed_forms(kind, sigma_min if kind == 'linear' else 0.0, t64)
+      for got, ref in zip((alpha, beta), want):
+        with jax.enable_x64(True):  # (1 - a^2 cancels in float64 too: ~1e-16 / alpha^2)
+          np.testing.assert_allclose(got(jnp.asarray(t64)), ref, rtol=1e-8, atol=1e-15)
+        np.testing.assert_allclose(got(t32), ref, rtol=2e-6, atol=1e-7)
       path = frames.fm_path(kind, sigma_min)
-      np.testing.assert_allclose(path.a(t), beta(t), rtol=1e-6, atol=1e-7)
-      np.testing.assert_allclose(path.b(t), alpha(t), rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(path.a(t32), beta(t32), rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(path.b(t32), alpha(t32), rtol=1e-6, atol=1e-7)
+      config = toy2d.get_config('8gaussians,smoke')
+      config.method.update(path=kind, sigma_min=sigma_min)
+      method = fm.FlowMatching(config, data_lib.DataSpec('toy', 'toy', (2,)))
+      np.testing.assert_array_equal(method.alpha(t32), alpha(t32))
+      np.testing.assert_array_equal(method.beta(t32), beta(t32))
   # Closed forms named in the module docstring.
   np.testing.assert_allclose(frames.fm_path('linear').t_of_sigma(3.0), 0.25)
   np.testing.assert_allclose(frames.fm_path('cosine').t_of_sigma(1.0), 0.5)
@@ -183,7 +210,7 @@ def test_flow_matching_paths_sampled_in_sigma(path, sigma_min):
   config.method.update(path=path, sigma_min=sigma_min)
   spec = data_lib.build(config.data, seed=0, global_batch_size=8).spec
   method = fm.FlowMatching(config, spec)
-  velocity = _gaussian_interpolant_velocity(*fm.PATHS[path](sigma_min))
+  velocity = _gaussian_interpolant_velocity(*frames.FM_PATHS[path](sigma_min))
   method.velocity_fn = lambda params, label=None, cfg_scale=1.0: velocity
   state = method.init(jax.random.key(0), {'x': jnp.zeros((8, 2))})
   rng = jax.random.key(1)

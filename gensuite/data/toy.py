@@ -33,7 +33,8 @@ Registered distributions and their defaults (all centred near the origin):
   swissroll         2-D swiss roll t (cos t, sin t) * scale, t ~ U[1.5 pi, 4.5 pi],
                     plus Gaussian noise of std `noise`: scale=0.2, noise=0.2 (the
                     FFJORD toy: sklearn's roll with noise 1, divided by 5).
-Everything is float32.
+Everything is float32, except that GaussianMixture's noisy_log_prob / noisy_score /
+noisy_denoiser compute in float64 for a float64 x (under jax.enable_x64).
 """
 import functools
 import inspect
@@ -100,6 +101,12 @@ def _weights(what: str, value: Any, k: int) -> np.ndarray:
 
 def _as_x(x) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
+
+
+def _as_float(x) -> jax.Array:
+  """x as float32, or float64 when it is float64 (under jax.enable_x64)."""
+  x = jnp.asarray(x)
+  return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
 
 
 # Methods are jitted with the (immutable, identity-hashed) object static: eager calls
@@ -171,6 +178,8 @@ class GaussianMixture(ToyDistribution):
     self._weights = w.astype(np.float32)
     with np.errstate(divide='ignore'):  # zero weights are allowed: log 0 = -inf
       self._log_w = np.log(w).astype(np.float32)
+      # float64 copies: the noisy_* methods compute in the precision of x.
+      self._noisy_params = (mu, s * s, np.log(w))
     mean = w @ mu
     second = np.einsum('k,ki,kj->ij', w, mu, mu) + np.diag(w @ (s * s))
     self._mean = mean.astype(np.float32)
@@ -207,13 +216,16 @@ class GaussianMixture(ToyDistribution):
     return jnp.asarray(self._means)[comp] + jnp.asarray(self._stds)[comp] * eps
 
   def _component_log_probs(self, x, sigma):
-    """log w_k + log N(x; mu_k, diag(std_k^2 + sigma^2)): [..., K], and (diff, var)."""
-    x = _as_x(x)
-    sigma = jnp.asarray(sigma, jnp.float32)
-    var = jnp.asarray(self._var) + jnp.square(sigma)[..., None, None]  # [..., K, d]
-    diff = x[..., None, :] - jnp.asarray(self._means)                  # [..., K, d]
+    """log w_k + log N(x; mu_k, diag(std_k^2 + sigma^2)): [..., K], and (diff, var).
+
+    In float32, or in float64 for a float64 x (under jax.enable_x64)."""
+    x = _as_float(x)
+    means, var0, log_w = (jnp.asarray(p, x.dtype) for p in self._noisy_params)
+    sigma = jnp.asarray(sigma, x.dtype)
+    var = var0 + jnp.square(sigma)[..., None, None]                     # [..., K, d]
+    diff = x[..., None, :] - means                                      # [..., K, d]
     quad = jnp.sum(jnp.square(diff) / var + jnp.log(var), axis=-1)
-    return jnp.asarray(self._log_w) - 0.5 * (quad + self.dim * _LOG_2PI), diff, var
+    return log_w - 0.5 * (quad + self.dim * _LOG_2PI), diff, var
 
   @_jit_method
   def log_prob(self, x: jax.Array) -> jax.Array:
@@ -236,8 +248,9 @@ class GaussianMixture(ToyDistribution):
   @_jit_method
   def noisy_denoiser(self, x: jax.Array, sigma) -> jax.Array:
     """E[x0 | x0 + sigma eps = x] (Tweedie): x + sigma^2 noisy_score(x, sigma)."""
-    sigma = jnp.asarray(sigma, jnp.float32)
-    return _as_x(x) + jnp.square(sigma)[..., None] * self.noisy_score(x, sigma)
+    x = _as_float(x)
+    sigma = jnp.asarray(sigma, x.dtype)
+    return x + jnp.square(sigma)[..., None] * self.noisy_score(x, sigma)
 
 
 def gaussian_mixture(means: Any, stds: Any = 1.0, weights: Any = None) -> GaussianMixture:

@@ -7,7 +7,8 @@ stochastic interpolants and contrastive flow matching.
   x = method.sample(state, rng, 2000, sampler='heun', steps=20)
 
 Conventions (ALGORITHMS.md §0, §2): t = 0 is noise x0 ~ N(0, I), t = 1 is data x1.
-Every path is an interpolant x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z:
+Every path is an interpolant x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z, with alpha
+and beta from gensuite.samplers.frames.FM_PATHS (their one definition):
   linear  alpha = 1 - (1 - sigma_min) t, beta = t   (CFM, Lipman et al.; sigma_min = 0
           is rectified flow, Liu et al.)
   vp      alpha = sqrt(1 - a(1-t)^2), beta = a(1-t), a(s) = exp(-T(s)/2),
@@ -17,14 +18,17 @@ gamma: 'none', 'sqrt' (sqrt(g t(1-t)), Albergo et al.) or 'quadratic' (g t(1-t))
 The network predicts the velocity b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t]
 (squared-error loss, whose minimizer is that conditional mean); with
 `denoiser_head` it also predicts eta(t, x) = E[z | x_t], and score = -eta / gamma.
+Without one the score comes from the velocity on the frame a = beta,
+b = sqrt(alpha^2 + gamma^2) (frames.score_from_velocity).
 
 coupling='ot' pairs x0 and x1 by an exact assignment minimizing the squared distance
 over the batch (Tong et al.'s OT-CFM with the Hungarian solution of the batch plan).
+With class_conditional the plan is solved within each class (§2.3): the data and
+labels stay, and each class's noise (a fresh N(0, I) draw, like the noise sampling
+starts from for that label) is permuted onto that class's data.
 contrastive_weight = lambda > 0 adds -lambda ||v - u~||^2 with u~ the target of another
 batch element (Stoica et al.'s ΔFM); negatives='other_class' draws it from other classes.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,29 +36,9 @@ import scipy.optimize
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError, lookup
-from gensuite.train import optim
-from gensuite.train.single_net import SingleNetMethod
+from gensuite.methods.base import FieldSampling, Method, SingleNetMethod
 
 
-def _vp_signal(s, beta_min=0.1, beta_max=20.0):
-  return jnp.exp(-0.5 * (s * beta_min + 0.5 * s**2 * (beta_max - beta_min)))
-
-
-def _linear(sigma_min):
-  return (lambda t: 1.0 - (1.0 - sigma_min) * t), (lambda t: t)
-
-
-def _vp(sigma_min):
-  del sigma_min
-  return (lambda t: jnp.sqrt(1.0 - _vp_signal(1.0 - t)**2)), (lambda t: _vp_signal(1.0 - t))
-
-
-def _cosine(sigma_min):
-  del sigma_min
-  return (lambda t: jnp.cos(0.5 * math.pi * t)), (lambda t: jnp.sin(0.5 * math.pi * t))
-
-
-PATHS = {'linear': _linear, 'vp': _vp, 'cosine': _cosine}
 GAMMAS = {
     'none': lambda g: (lambda t: jnp.zeros_like(t)),
     'sqrt': lambda g: (lambda t: jnp.sqrt(g * t * (1.0 - t))),
@@ -63,8 +47,6 @@ GAMMAS = {
 COUPLINGS = ('independent', 'ot')
 NEGATIVES = ('any', 'other_class')
 TIME_SAMPLING = ('uniform', 'logit_normal')
-# solve_ode integrates the velocity in t; the sigma samplers run on denoiser_fn.
-SAMPLER_NAMES = {**samplers.ODE_SOLVERS, **samplers.SIGMA_SAMPLERS}
 
 
 def _value_and_derivative(fn, t):
@@ -72,52 +54,48 @@ def _value_and_derivative(fn, t):
   return jax.jvp(fn, (t,), (jnp.ones_like(t),))
 
 
-def ot_assignment(x0: jax.Array, x1: jax.Array) -> jax.Array:
+def ot_assignment(x0: jax.Array, x1: jax.Array,
+                  label: jax.Array | None = None) -> jax.Array:
   """perm with x1[perm] the exact squared-distance assignment to x0 (batch OT plan).
 
   The uniform-marginal OT plan between two equal-size point clouds is a permutation
-  (Birkhoff), so the Hungarian solution is the exact minibatch plan.
+  (Birkhoff), so the Hungarian solution is the exact minibatch plan. With `label`
+  ([B] ints, one class per position of x0 and of x1) the plan is solved within each
+  class: the rows of class c are assigned among the columns of class c only, so
+  label[perm] == label. Jittable (a host callback with static shapes).
   """
-  a = x0.reshape(x0.shape[0], -1)
-  b = x1.reshape(x1.shape[0], -1)
+  n = x0.shape[0]
+  a = x0.reshape(n, -1)
+  b = x1.reshape(n, -1)
   cost = (jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T)
 
-  def solve(c):
-    rows, cols = scipy.optimize.linear_sum_assignment(np.asarray(c, np.float64))
-    perm = np.empty(len(rows), np.int32)
-    perm[rows] = cols
+  def solve(c, classes):
+    c = np.asarray(c, np.float64)
+    perm = np.empty(c.shape[0], np.int32)
+    for k in np.unique(classes):
+      idx = np.flatnonzero(classes == k)
+      rows, cols = scipy.optimize.linear_sum_assignment(c[np.ix_(idx, idx)])
+      perm[idx[rows]] = idx[cols]
     return perm
 
-  return jax.pure_callback(solve, jax.ShapeDtypeStruct((x0.shape[0],), jnp.int32), cost,
+  classes = jnp.zeros((n,), jnp.int32) if label is None else label.astype(jnp.int32)
+  return jax.pure_callback(solve, jax.ShapeDtypeStruct((n,), jnp.int32), cost, classes,
                            vmap_method='sequential')
-
-
-def score_from_velocity(alpha, beta, v, x, t):
-  """Score of a one-sided Gaussian interpolant (gamma = 0) from its velocity.
-
-  x_t = alpha(t) x0 + beta(t) x1 with x0 ~ N(0, I): eta = E[x0 | x_t] =
-  (beta v - beta' x) / (alpha' beta - alpha beta') and score = -eta / alpha
-  (ALGORITHMS.md §2.4). Diverges as alpha -> 0 (t -> 1): clamp t below 1.
-  """
-  a, da = _value_and_derivative(alpha, t)
-  b, db = _value_and_derivative(beta, t)
-  eta = (b * v - db * x) / (da * b - a * db)
-  return -eta / a
 
 
 def _broadcast_t(t, x):
   return t.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-class FlowMatching(SingleNetMethod):
+class FlowMatching(SingleNetMethod, FieldSampling, Method):
   """The flow-matching family (see module docstring)."""
+  field_kind = 'velocity'
 
-  def __init__(self, config, data_spec):
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
     mc = config.method
-    self.config = config
-    self.spec = data_spec
-    self.data_shape = tuple(data_spec.shape)
-    self.alpha, self.beta = lookup('flow path', mc.get('path', 'linear'), PATHS)(
+    fm_paths = samplers.frames.FM_PATHS  # the one definition of alpha and beta
+    self.alpha, self.beta = lookup('flow path', mc.get('path', 'linear'), fm_paths)(
         float(mc.get('sigma_min', 0.0)))
     self.gamma_kind = mc.get('gamma', 'none')
     self.gamma = lookup('interpolant gamma', self.gamma_kind, GAMMAS)(
@@ -155,13 +133,10 @@ class FlowMatching(SingleNetMethod):
     out = self.data_shape[-1] * (2 if self.denoiser_head else 1)
     self.net = nets.build(config.net, data_shape=self.data_shape, out_dim_or_channels=out,
                           num_classes=num_classes)
-    num_steps = int(config.train.num_steps)
-    self.lr_schedule = optim.schedule(config.optim, num_steps)
-    self.tx = optim.build(config.optim, num_steps)
-    self.ema_decays = tuple(config.optim.get('ema_decays', (0.999,)))
     self.path_kind = mc.get('path', 'linear')
     self.sigma_min = float(mc.get('sigma_min', 0.0))
-    samplers.check_name(config.sampler.name, SAMPLER_NAMES)
+    self.independent_noise = self.coupling != 'ot'
+    self.check_sampler()
 
   # ---- pieces ------------------------------------------------------------------
 
@@ -206,10 +181,8 @@ class FlowMatching(SingleNetMethod):
     n = x1.shape[0]
     k_x0, k_t, k_z, k_neg, k_drop, k_net = jax.random.split(rng, 6)
     x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
-    if self.coupling == 'ot':
-      perm = ot_assignment(x0, x1)
-      x1 = x1[perm]
-      label = None if label is None else label[perm]
+    if self.coupling == 'ot':  # the noise moves onto the data (within classes)
+      x0 = x0[ot_assignment(x1, x0, label if self.conditional else None)]
     t = self._sample_t(k_t, n)
     z = jax.random.normal(k_z, x1.shape, x1.dtype)
     xt, u = self.interpolate(t, x0, x1, z)
@@ -253,13 +226,18 @@ class FlowMatching(SingleNetMethod):
     return velocity
 
   def score_fn(self, params, label=None):
-    """score(x, t) = -eta / gamma (denoiser head) or from the velocity (gamma = 0)."""
+    """score(x, t) of x_t: -eta / gamma with the denoiser head, else from the velocity,
+    (a D - x)/b^2 on this path's frame (a = beta, b = sqrt(alpha^2 + gamma^2), D the
+    data estimate; frames.score_from_velocity). Both assume the noise independent of
+    the data (not so with coupling='ot')."""
+    if not self.denoiser_head:
+      return samplers.frames.score_from_velocity(self.velocity_fn(params, label),
+                                                 self.frame())
+
     def score(x, t):
-      tb = jnp.full((x.shape[0],), t, x.dtype)
-      v, eta = self._apply(params, x, tb, label)
-      if eta is not None:
-        return -eta / self.gamma(t)
-      return score_from_velocity(self.alpha, self.beta, v, x, jnp.asarray(t, x.dtype))
+      t = jnp.asarray(t, x.dtype)
+      _, eta = self._apply(params, x, jnp.full((x.shape[0],), t, x.dtype), label)
+      return -eta / self.gamma(t)
     return score
 
   def frame(self):
@@ -287,41 +265,14 @@ class FlowMatching(SingleNetMethod):
       return samplers.karras_sigmas(steps, 0.002, sigma_max, rho)
     return samplers.karras_sigmas(steps + 1, sigma_end, sigma_max, rho, append_zero=False)
 
-  def sample(self, state, rng, num: int, sampler: str | None = None,
-             steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,
-             return_trajectory: bool = False, sigmas=None, **options):
-    """num samples from noise (t = 0) to data (t = 1).
-
-    ODE solvers (euler, heun, rk4, dopri5) integrate dx/dt = v(x, t) on [0, 1]. Every
-    other sampler (ddim, dpm_solver_*, euler_maruyama, pc, edm_stochastic,
-    annealed_langevin) runs in the VE frame on `denoiser_fn` over `sigmas` (default
-    `sigma_grid(steps)` with config.sampler.sigma_max, else 80), starting from
-    x_ve = sigma_0 z (the t = sigma^-1 end of the path, where the data part is
-    negligible); the result is mapped back by x_t = beta(t) x_ve. `options` go to
-    the sampler (eta, snr, corrector_steps, s_churn, ...), over config.sampler's.
-    """
-    sampler = sampler or self.config.sampler.name
-    samplers.check_name(sampler, SAMPLER_NAMES)
-    steps = int(steps or self.config.sampler.steps)
-    params = state.eval_params(use_ema)
-    k_x, k_y, k_s = jax.random.split(rng, 3)
-    x0 = jax.random.normal(k_x, (num,) + self.data_shape)
-    if self.conditional and label is None:
-      label = jax.random.randint(k_y, (num,), 0, self.spec.num_classes)
-    label = label if self.conditional else None
-    if sampler in samplers.ODE_SOLVERS:
-      fn = self.velocity_fn(params, label, cfg_scale)
-      return samplers.solve_ode(sampler, fn, x0, 0.0, 1.0, steps,
-                                return_trajectory=return_trajectory)
-    if return_trajectory:
-      raise ConfigError(f'sampler {sampler!r} cannot return a trajectory; use one of '
-                        + ', '.join(sorted(samplers.ODE_SAMPLERS)))
-    if sigmas is None:
-      sigmas = self.sigma_grid(steps, float(self.config.sampler.get('sigma_max', 80.0)))
-    sigmas = np.asarray(sigmas, np.float64)
-    denoiser = self.denoiser_fn(params, label, cfg_scale)
-    options = samplers.options_from_config(sampler, self.config.sampler, **options)
-    x, _ = samplers.sample_sigmas(sampler, denoiser, sigmas[0] * x0, sigmas, k_s, **options)
-    if sigmas[-1] == 0.0:
-      return x
-    return self.frame().from_ve(x, self.frame().t_of_sigma(sigmas[-1]))
+  def field(self, params, label=None, cfg_scale: float = 1.0) -> samplers.Field:
+    """The velocity on this path, for FieldSampling.sample: ODE solvers integrate it in
+    t from noise (t = 0) to data (t = 1); noise-ladder samplers run on its VE-frame
+    denoiser over `sigma_grid(steps)` (config.sampler.sigma_max, else 80), starting
+    from x_ve = sigma_0 z, where the data part is negligible. With OT coupling the
+    noise is not independent of the data, so score-based samplers are refused."""
+    sigma_max = float(self.config.sampler.get('sigma_max', 80.0))
+    return samplers.Field.velocity(
+        self.velocity_fn(params, label, cfg_scale), self.frame(),
+        sigma_grid=lambda steps: self.sigma_grid(steps, sigma_max),
+        independent_noise=self.coupling != 'ot')

@@ -4,11 +4,13 @@
   sigma = path.sigma(t); t = path.t_of_sigma(sigma)
   x_ve = path.to_ve(x_t, t)                            # x_t / a_t
   denoiser = frames.denoiser_from_velocity(velocity_fn, frames.fm_path('linear'))
+  score = frames.score_from_velocity(velocity_fn, frames.fm_path('linear', gamma=g))
   x, info = samplers.sample_sigmas('dpm_solver_2m', denoiser, sigmas[0] * z, sigmas, rng)
 
-This module is the one place where times and noise levels are converted. A Gaussian
-path x_t = a_t x_data + b_t eps is the VE path x_ve = x_data + sigma eps after the
-change of variables
+This module is the one place where times and noise levels are converted, and the one
+definition of the flow-matching paths (FM_PATHS, used by gensuite.methods.flow_matching).
+A Gaussian path x_t = a_t x_data + b_t eps is the VE path x_ve = x_data + sigma eps
+after the change of variables
 
   sigma = b_t / a_t,   x_ve = x_t / a_t,
 
@@ -33,7 +35,12 @@ part, the velocity of the probability flow is v = (b'/b) n + a' D (for the
 interpolant with gamma this uses E[alpha x0 + gamma z | x_t] = n and
 alpha alpha' + gamma gamma' = b b'), so
 
-  D = (b v - b' x) / (b a' - b' a),        v = (b'/b)(x - a D) + a' D.
+  D = (b v - b' x) / (b a' - b' a),        v = (b'/b)(x - a D) + a' D,
+
+and the score of x_t is (a D - x_t) / b^2 (ALGORITHMS.md §0). With gamma = 0 this is
+§2.4's one-sided formula s = -eta/alpha; with gamma != 0 the frame's b includes gamma
+(the one-sided formula, with b = alpha, is then wrong). Both need the noise to be
+independent of the data (not so under minibatch-OT coupling).
 """
 import dataclasses
 import math
@@ -145,6 +152,13 @@ def edm() -> GaussianPath:
 # ---------------------------------------------------------------- flow-matching paths
 
 
+# kind -> (sigma_min -> (alpha, beta)): x_t = alpha(t) x0_noise + beta(t) x1_data.
+#   linear  alpha = 1 - (1 - sigma_min) t, beta = t  (CFM; sigma_min = 0: rectified flow)
+#   vp      alpha = sqrt(1 - a(1-t)^2), beta = a(1-t), with a the VP signal scale above
+#           (Lipman et al.'s VP path); 1 - a^2 as -expm1(2 log a), exact near t = 1
+#   cosine  alpha = cos(pi t / 2), beta = sin(pi t / 2)
+
+
 def _fm_linear(sigma_min):
   return (lambda t: 1.0 - (1.0 - sigma_min) * t), (lambda t: t)
 
@@ -196,7 +210,7 @@ def interpolant_path(alpha: ScalarFn, beta: ScalarFn, gamma: ScalarFn | None = N
 
 def fm_path(kind: str = 'linear', sigma_min: float = 0.0,
             gamma: ScalarFn | None = None) -> GaussianPath:
-  """The flow-matching path `kind` of gensuite.methods.flow_matching (same formulas)."""
+  """The flow-matching path `kind` (FM_PATHS) with the interpolant's gamma, if any."""
   if kind not in FM_PATHS:
     raise ConfigError(f'unknown flow path {kind!r}; allowed: {", ".join(sorted(FM_PATHS))}')
   alpha, beta = FM_PATHS[kind](float(sigma_min))
@@ -214,6 +228,13 @@ def _value_and_derivative(fn: ScalarFn, t):
   return jax.jvp(fn, (t,), (jnp.ones_like(t),))
 
 
+def _denoised(v, x_t, t, path: GaussianPath):
+  """E[x_data | x_t] from the velocity v at (x_t, t): D = (b v - b' x_t)/(b a' - b' a)."""
+  a, da = _value_and_derivative(path.a, t)
+  b, db = _value_and_derivative(path.b, t)
+  return (b * v - db * x_t) / (b * da - db * a)
+
+
 def denoiser_from_velocity(velocity_fn: VelocityFn, path: GaussianPath) -> DenoiserFn:
   """VE-frame denoiser D_ve(x_ve, sigma) from a velocity v(x_t, t) on `path`.
 
@@ -222,12 +243,23 @@ def denoiser_from_velocity(velocity_fn: VelocityFn, path: GaussianPath) -> Denoi
   """
   def denoiser(x_ve, sigma):
     t = path.t_of_sigma(jnp.asarray(sigma, x_ve.dtype)).astype(x_ve.dtype)
-    a, da = _value_and_derivative(path.a, t)
-    b, db = _value_and_derivative(path.b, t)
-    x_t = a * x_ve
-    v = velocity_fn(x_t, t)
-    return (b * v - db * x_t) / (b * da - db * a)
+    x_t = path.a(t) * x_ve
+    return _denoised(velocity_fn(x_t, t), x_t, t, path)
   return denoiser
+
+
+def score_from_velocity(velocity_fn: VelocityFn, path: GaussianPath) -> Callable:
+  """score(x_t, t) = grad log p_t(x_t) = (a D - x_t)/b^2 from a velocity on `path`.
+
+  In the path's own frame and time (no t(sigma) round trip); D as in
+  denoiser_from_velocity. For a flow-matching interpolant b = sqrt(alpha^2 + gamma^2)
+  (fm_path with its gamma). Diverges as b -> 0 (data end): keep t inside the path.
+  """
+  def score(x_t, t):
+    t = jnp.asarray(t, x_t.dtype)
+    d = _denoised(velocity_fn(x_t, t), x_t, t, path)
+    return (path.a(t) * d - x_t) / path.b(t)**2
+  return score
 
 
 def velocity_from_denoiser(denoiser_fn: DenoiserFn, path: GaussianPath) -> VelocityFn:
