@@ -17,8 +17,6 @@ teachers use; a family subclasses it and fills in what it has:
   evaluate(state, rng, data, workdir=None) -> ({name: float}, {name: uint8 picture})
   denoiser_fn(params, label=None, cfg_scale=1.0) -> D(x, sigma)       VE frame; teachers
 """
-from typing import Any, Mapping
-
 import jax
 import jax.numpy as jnp
 
@@ -35,13 +33,6 @@ def choice(section, key: str, allowed, where: str = 'method'):
     raise ConfigError(f'unknown {where}.{key} {value!r}; allowed: '
                       + ', '.join(str(a) for a in allowed))
   return value
-
-
-def with_defaults(section, defaults: Mapping[str, Any]) -> dict:
-  """section's fields over `defaults` (a method's documented default section)."""
-  out = dict(defaults)
-  out.update({k: section[k] for k in section.keys()})
-  return out
 
 
 class Method:

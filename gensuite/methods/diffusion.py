@@ -40,7 +40,7 @@ from gensuite import nets, samplers
 from gensuite.samplers import frames
 from gensuite.errors import ConfigError
 from gensuite.methods import defaults
-from gensuite.methods.base import FieldSampling, Method, SingleNetMethod
+from gensuite.methods.base import choice, FieldSampling, Method, SingleNetMethod
 
 FORMULATIONS = ('edm', 'vp', 've')
 WEIGHTINGS = ('default', 'likelihood')
@@ -94,14 +94,8 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
     mc = defaults.resolve(config.method)
-    self.formulation = mc.formulation
-    if self.formulation not in FORMULATIONS:
-      raise ConfigError(f'unknown method.formulation {self.formulation!r}; allowed: '
-                        + ', '.join(FORMULATIONS))
-    self.weighting = mc.weighting
-    if self.weighting not in WEIGHTINGS:
-      raise ConfigError(f'unknown method.weighting {self.weighting!r}; allowed: '
-                        + ', '.join(WEIGHTINGS))
+    self.formulation = choice(mc, 'formulation', FORMULATIONS)
+    self.weighting = choice(mc, 'weighting', WEIGHTINGS)
     if self.weighting != 'default' and self.formulation == 'edm':
       raise ConfigError("method.weighting='likelihood' is for vp/ve; edm uses its own "
                         'lambda(sigma): leave weighting at default')

@@ -55,7 +55,7 @@ import optax
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError
 from gensuite.methods import defaults, divergences, optim, teachers
-from gensuite.methods.base import Method
+from gensuite.methods.base import choice, Method
 from gensuite.methods.diffusion import edm_preconditioning
 from gensuite.methods.state import TrainState, ema_name
 
@@ -102,10 +102,7 @@ class Distill(Method):
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
     mc = defaults.resolve(config.method)
-    self.objective = mc.objective
-    if self.objective not in OBJECTIVES:
-      raise ConfigError(f'unknown method.objective {self.objective!r}; allowed: '
-                        + ', '.join(OBJECTIVES))
+    self.objective = choice(mc, 'objective', OBJECTIVES)
     self.divergence = mc.divergence
     self.alpha = float(mc.alpha)
     divergences.check_name(self.divergence, self.alpha)
@@ -117,10 +114,7 @@ class Distill(Method):
     self.fake_updates = int(mc.fake_updates)
     if self.fake_updates < 1:
       raise ConfigError(f'method.fake_updates must be >= 1, got {self.fake_updates}')
-    self.disc_head = mc.disc_head
-    if self.disc_head not in DISC_HEADS:
-      raise ConfigError(f'unknown method.disc_head {self.disc_head!r}; allowed: '
-                        + ', '.join(DISC_HEADS))
+    self.disc_head = choice(mc, 'disc_head', DISC_HEADS)
     if self.objective == 'f_distill' and self.disc_head == 'none':
       raise ConfigError("method.objective='f_distill' estimates r with a discriminator; "
                         "method.disc_head must be 'separate' or 'fake_score'")

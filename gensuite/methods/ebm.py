@@ -42,7 +42,7 @@ from gensuite import nets
 from gensuite.errors import ConfigError, lookup
 from gensuite import samplers
 from gensuite.methods import defaults
-from gensuite.methods.base import Method
+from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients
 from gensuite.samplers import langevin, smc
 
@@ -67,10 +67,7 @@ class EBM(Method):
   def __init__(self, config, data_spec, load_run=None):
     mc = defaults.resolve(config.method)
     super().__init__(config, data_spec, load_run)
-    self.estimator = mc.estimator
-    if self.estimator not in ESTIMATORS:
-      raise ConfigError(f'unknown method.estimator {self.estimator!r}; allowed: '
-                        + ', '.join(ESTIMATORS))
+    self.estimator = choice(mc, 'estimator', ESTIMATORS)
     self.num_walkers = _positive('method.num_walkers', mc.num_walkers, True)
     self.step_size = _positive('method.step_size', mc.step_size)
     self.ula_steps = _positive('method.ula_steps', mc.ula_steps, True)

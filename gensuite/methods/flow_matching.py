@@ -36,7 +36,8 @@ import scipy.optimize
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError, lookup
-from gensuite.methods.base import FieldSampling, Method, SingleNetMethod
+from gensuite.methods import defaults
+from gensuite.methods.base import choice, FieldSampling, Method, SingleNetMethod
 
 
 GAMMAS = {
@@ -93,48 +94,38 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
-    mc = config.method
+    mc = defaults.resolve(config.method)
     fm_paths = samplers.frames.FM_PATHS  # the one definition of alpha and beta
-    self.alpha, self.beta = lookup('flow path', mc.get('path', 'linear'), fm_paths)(
-        float(mc.get('sigma_min', 0.0)))
-    self.gamma_kind = mc.get('gamma', 'none')
+    self.alpha, self.beta = lookup('flow path', mc.path, fm_paths)(
+        float(mc.sigma_min))
+    self.gamma_kind = mc.gamma
     self.gamma = lookup('interpolant gamma', self.gamma_kind, GAMMAS)(
-        float(mc.get('gamma_scale', 1.0)))
-    self.coupling = mc.get('coupling', 'independent')
-    if self.coupling not in COUPLINGS:
-      raise ConfigError(f'unknown method.coupling {self.coupling!r}; allowed: '
-                        + ', '.join(COUPLINGS))
-    self.denoiser_head = bool(mc.get('denoiser_head', False))
+        float(mc.gamma_scale))
+    self.coupling = choice(mc, 'coupling', COUPLINGS)
+    self.denoiser_head = bool(mc.denoiser_head)
     if self.denoiser_head and self.gamma_kind == 'none':
       raise ConfigError("method.denoiser_head needs a stochastic interpolant: set "
                         "method.gamma to 'sqrt' or 'quadratic'")
-    self.contrastive_weight = float(mc.get('contrastive_weight', 0.0))
+    self.contrastive_weight = float(mc.contrastive_weight)
     if not 0.0 <= self.contrastive_weight < 1.0:
       raise ConfigError('method.contrastive_weight must be in [0, 1), got '
                         f'{self.contrastive_weight}')
-    self.negatives = mc.get('negatives', 'any')
-    if self.negatives not in NEGATIVES:
-      raise ConfigError(f'unknown method.negatives {self.negatives!r}; allowed: '
-                        + ', '.join(NEGATIVES))
-    self.time_sampling = mc.get('time_sampling', 'uniform')
-    if self.time_sampling not in TIME_SAMPLING:
-      raise ConfigError(f'unknown method.time_sampling {self.time_sampling!r}; allowed: '
-                        + ', '.join(TIME_SAMPLING))
-    default_eps = 1e-3 if self.gamma_kind == 'sqrt' else 0.0
-    self.t_eps = float(mc.get('t_eps', default_eps))
-    self.conditional = bool(mc.get('class_conditional', False))
+    self.negatives = choice(mc, 'negatives', NEGATIVES)
+    self.time_sampling = choice(mc, 'time_sampling', TIME_SAMPLING)
+    self.t_eps = float(mc.t_eps)  # default: 1e-3 for gamma='sqrt', else 0 (defaults.py)
+    self.conditional = bool(mc.class_conditional)
     if self.conditional and not data_spec.num_classes:
       raise ConfigError(f'method.class_conditional needs labelled data; '
                         f'data {data_spec.name!r} has no classes')
     if self.negatives == 'other_class' and not data_spec.num_classes:
       raise ConfigError("method.negatives='other_class' needs labelled data")
-    self.label_dropout = float(mc.get('label_dropout', 0.0))
+    self.label_dropout = float(mc.label_dropout)
     num_classes = data_spec.num_classes if self.conditional else None
     out = self.data_shape[-1] * (2 if self.denoiser_head else 1)
     self.net = nets.build(config.net, data_shape=self.data_shape, out_dim_or_channels=out,
                           num_classes=num_classes)
-    self.path_kind = mc.get('path', 'linear')
-    self.sigma_min = float(mc.get('sigma_min', 0.0))
+    self.path_kind = mc.path
+    self.sigma_min = float(mc.sigma_min)
     self.independent_noise = self.coupling != 'ot'
     self.check_sampler()
 

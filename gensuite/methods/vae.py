@@ -44,7 +44,7 @@ from gensuite.errors import ConfigError
 from gensuite.nets import vae as vae_nets
 from gensuite import pictures
 from gensuite.methods import defaults
-from gensuite.methods.base import Method
+from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients
 
 LIKELIHOODS = ('gaussian', 'bernoulli', 'logistic')
@@ -114,18 +114,12 @@ class VAE(Method):
     mc = defaults.resolve(config.method)
     self.dim = int(math.prod(self.data_shape))
     self.latent_dim = _positive_int(mc, 'latent_dim')
-    self.likelihood = mc.likelihood
-    if self.likelihood not in LIKELIHOODS:
-      raise ConfigError(f'unknown method.likelihood {self.likelihood!r}; allowed: '
-                        + ', '.join(LIKELIHOODS))
+    self.likelihood = choice(mc, 'likelihood', LIKELIHOODS)
     if self.likelihood != 'gaussian' and data_spec.kind != 'image':
       raise ConfigError(f'method.likelihood={self.likelihood!r} needs image data with '
                         f"pixels in [-1, 1]; data {data_spec.name!r} is {data_spec.kind!r}: "
                         "use 'gaussian'")
-    self.variance = mc.variance
-    if self.variance not in VARIANCES:
-      raise ConfigError(f'unknown method.variance {self.variance!r}; allowed: '
-                        + ', '.join(VARIANCES))
+    self.variance = choice(mc, 'variance', VARIANCES)
     self.fixed_sigma = float(mc.fixed_sigma)
     if self.fixed_sigma <= 0:
       raise ConfigError(f'method.fixed_sigma must be > 0, got {self.fixed_sigma}')
