@@ -27,6 +27,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from gensuite.data.sources import ImageData
 from gensuite.errors import ConfigError
 
 NAME = 'latents'
@@ -99,7 +100,6 @@ class LatentData:
   def __init__(self, vae_run, *, kind: str, standardize: bool, num_examples: int,
                use_ema, seed: int, global_batch_size: int, process_index: int = 0,
                process_count: int = 1):
-    from gensuite.data import ImageData  # pylint: disable=g-import-not-at-top
     self.vae_run = vae_run
     self.vae_method = vae_run.method
     self.vae_data = vae_run.experiment.data
