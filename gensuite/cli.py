@@ -9,25 +9,39 @@
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
 
 Bad input (unknown names, wrong types, incompatible settings, a config file that
-is missing or rejects its variant) prints one line `gensuite: error: ...` and exits
+is missing or rejects its variant, a workdir that cannot be created or written, or
+that another `gensuite train` holds) prints one line `gensuite: error: ...` and exits
 with code 2 before anything is written.
+
+Every other failure (no space left on the device, a NaN stop, anything unexpected)
+prints one line too and exits 1 (SIGTERM: 143, Ctrl-C: 130), after the loop has
+closed its files and waited for orbax; the full traceback, with a timestamp and the
+command line, is appended to DIR/error.log when the workdir exists and is writable,
+and also printed to stderr with --verbose (which shows it for exit-2 errors too).
+Nothing else is printed at interpreter shutdown.
 
 `gensuite`, `gensuite --help` (or -h, or `gensuite help`) print the commands to
 stdout and exit 0; `gensuite CMD --help` (or `gensuite help CMD`) prints CMD's
 usage and flags.
 """
 import collections
+import datetime
 import errno
 import logging as std_logging
 import os
+import shlex
+import socket
 import sys
 import textwrap
+import threading
+import traceback
 
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from gensuite.errors import ConfigError
+from gensuite.train import workdir as workdir_lib
 
 Command = collections.namedtuple('Command', 'summary usage flags required')
 # Every command: a one-line summary, its usage lines, the flags it reads (in the
@@ -37,11 +51,13 @@ COMMANDS = {
         'Train a config in a run directory; resumes from its newest checkpoint.',
         ('gensuite train --config=configs/flow_matching/toy2d.py[:variant] --workdir=DIR '
          '[--config.a.b=v]',),
-        ('config', 'workdir', 'multihost'), ('config', 'workdir')),
+        ('config', 'workdir', 'multihost', 'force_unlock', 'verbose'),
+        ('config', 'workdir')),
     'sample': Command(
         'Draw samples from a run\'s checkpoint into a .npz file.',
         ('gensuite sample --workdir=DIR --num=N [--sampler=heun --steps=20] --out=FILE.npz',),
-        ('workdir', 'out', 'num', 'step', 'sampler', 'steps', 'seed', 'use_ema', 'config'),
+        ('workdir', 'out', 'num', 'step', 'sampler', 'steps', 'seed', 'use_ema', 'config',
+         'verbose'),
         ('workdir', 'out')),
     'eval': Command(
         'Evaluate a run\'s checkpoint; logs the metrics at its step.',
@@ -50,7 +66,7 @@ COMMANDS = {
          'gensuite eval --workdir=DIR --metrics=fid --inception_weights=FILE '
          '[--fid_stats=FILE.npz]'),
         ('workdir', 'metrics', 'num', 'step', 'sampler', 'steps', 'use_ema',
-         'inception_weights', 'fid_stats', 'inception_resize', 'config'),
+         'inception_weights', 'fid_stats', 'inception_resize', 'config', 'verbose'),
         ('workdir',)),
     'bench': Command(
         'Time the training loop against the bare jitted step (--config), or run the '
@@ -58,12 +74,12 @@ COMMANDS = {
         ('gensuite bench --config=... [--steps=50]       # loop vs bare jitted step',
          'gensuite bench --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] '
          '[--out=FILE.md]'),
-        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out'), ()),
+        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out', 'verbose'), ()),
     'sweep': Command(
         'Train one run per point of a sweep file and tabulate them.',
         ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
          '[--parallel=N]',),
-        ('config', 'sweep', 'workdir', 'parallel'), ('config', 'sweep', 'workdir')),
+        ('config', 'sweep', 'workdir', 'parallel', 'verbose'), ('config', 'sweep', 'workdir')),
 }
 # What --help shows as a flag's value, where its type alone says too little.
 _METAVARS = {'workdir': 'DIR', 'out': 'FILE', 'sweep': 'FILE.py', 'sampler': 'NAME',
@@ -74,6 +90,10 @@ config_flags.DEFINE_config_file('config', None, 'Config file, with optional :var
 flags.DEFINE_string('workdir', None, 'Run directory (train: created, or resumed if it '
                     'holds a run).')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize (several hosts).')
+flags.DEFINE_bool('force_unlock', False, 'train: take over the workdir\'s lock even if it '
+                  'names a run on another host (only once that run is known to be gone).')
+flags.DEFINE_bool('verbose', False, 'On an error, also print the full traceback to stderr '
+                  '(it always goes to DIR/error.log, except for exit-2 errors).')
 flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: same as '
                      '--config.eval.num_samples.')
 flags.DEFINE_string('sampler', None, 'sample/eval: same as --config.sampler.name '
@@ -284,7 +304,8 @@ def _train():
   _require('config', 'workdir')
   from gensuite import train  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir
-  train.run(FLAGS.config, workdir, multihost=FLAGS.multihost)
+  train.run(FLAGS.config, workdir, multihost=FLAGS.multihost,
+            force_unlock=FLAGS.force_unlock)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(f'done: TensorBoard logs in {workdir} (tensorboard --logdir {workdir}); '
@@ -417,11 +438,80 @@ def main(argv=None):
   try:
     {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench,
      'sweep': _sweep}[command]()
-  except ConfigError as e:
-    _fail(str(e))
-  except FloatingPointError as e:  # NaN/Inf in training: not a config error
-    print(f'gensuite: error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except ConfigError as e:  # bad input, a workdir that is locked or not writable
+    _exit_with(e, 2, str(e), argv)
+  except workdir_lib.Preempted as e:  # SIGTERM: a checkpoint was saved
+    _exit_with(e, 143, str(e), argv)
+  except (FloatingPointError, workdir_lib.OutOfSpace) as e:  # NaN/Inf, disk full
+    _exit_with(e, 1, str(e), argv)
+  except KeyboardInterrupt as e:
+    _exit_with(e, 130, 'interrupted', argv)
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_with(e, 1, f'{type(e).__name__}: {_first_line(e)}', argv, unexpected=True)
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ''
+  line = line.split(' [tensorstore_spec')[0]
+  return line if len(line) <= limit else line[:limit - 4] + ' ...'
+
+
+def _exit_with(error: BaseException, code: int, line: str, argv: list[str],
+               unexpected: bool = False) -> None:
+  """The one error line, the traceback to DIR/error.log (not for exit 2: those stop
+  before anything is written) and, with --verbose, to stderr; then exits `code`."""
+  line = ' '.join(line.split())  # one line, whatever the message held
+  text = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
+  log_path = None
+  if code != 2:
+    workdir = FLAGS.workdir if argv[1] in ('train', 'sample', 'eval', 'sweep') else None
+    stamp = datetime.datetime.now().isoformat(timespec='seconds')
+    command = 'gensuite ' + ' '.join(shlex.quote(a) for a in argv[1:])
+    log_path = workdir_lib.append_error_log(
+        workdir, f'==== {stamp}  host {socket.gethostname()}  pid {os.getpid()}  exit '
+        f'{code}\n$ {command}\ngensuite: error: {line}\n{text}\n')
+  if FLAGS['verbose'].value:
+    sys.stderr.write(text)
+  if unexpected and log_path:
+    line += f' (traceback in {log_path})'
+  print(f'gensuite: error: {line}', file=sys.stderr)
+  sys.stderr.flush()
+  _divert_late_reports(log_path)
+  sys.exit(code)
+
+
+def _divert_late_reports(log_path: str | None) -> None:
+  """After the error line, what background threads still report while the
+  interpreter shuts down (abandoned orbax/tensorstore I/O, a thread's exception, a
+  library's error log) goes to error.log, or nowhere, instead of burying that line."""
+
+  def sink(parts):
+    if not log_path:
+      return
+    try:
+      with open(log_path, 'a') as f:
+        f.write(''.join(parts))
+    except BaseException:  # pylint: disable=broad-except
+      pass
+
+  def unraisable(u):
+    try:
+      sink([f'(at exit) {u.err_msg or "Exception ignored in"}: {u.object!r}\n'] +
+           traceback.format_exception(u.exc_type, u.exc_value, u.exc_traceback))
+    except BaseException:  # pylint: disable=broad-except
+      pass
+
+  def thread_exception(args):
+    try:
+      sink([f'(at exit) in thread {getattr(args.thread, "name", "?")}:\n'] +
+           traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    except BaseException:  # pylint: disable=broad-except
+      pass
+
+  sys.unraisablehook = unraisable
+  threading.excepthook = thread_exception
+  std_logging.disable(std_logging.CRITICAL)
 
 
 if __name__ == '__main__':

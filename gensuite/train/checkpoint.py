@@ -16,6 +16,12 @@ Checkpoints hold arrays (OCDBT/tensorstore) and JSON metadata only, never pickle
 Before restoring, the saved tree is compared leaf by leaf with the model's: a
 different architecture raises ConfigError naming the first mismatched leaf.
 
+A save that fails (no space left on the device: tensorstore's RESOURCE_EXHAUSTED or
+an OSError ENOSPC) removes its own half-written `<step>.orbax-checkpoint-tmp*`, never
+a committed step, and raises `workdir.OutOfSpace` naming the path, the state's size
+and the free bytes; older steps are untouched (orbax deletes them only after a save
+commits).
+
 A committed step can still fail to read back (bytes flipped or files truncated on
 disk: tensorstore's checksums and decoders refuse them). `restore` then raises
 `UnreadableCheckpoint` (a ConfigError), and `restore_latest` falls back to the next
@@ -30,6 +36,8 @@ no longer lists it; it moves nothing when no step reads back, and raises
 ConfigError instead (a run never silently restarts from step 0). Readers only skip:
 a trainer may be writing to the directory.
 """
+import errno
+import gc
 import logging
 import os
 import shutil
@@ -40,13 +48,16 @@ import jax
 import orbax.checkpoint as ocp
 
 from gensuite.errors import ConfigError
+from gensuite.train import workdir as workdir_lib
 
 COMMIT_MARKER = 'commit_success.txt'
 STEP_METADATA = '_CHECKPOINT_METADATA'
 CORRUPT_DIR = 'corrupt'  # under the checkpoint directory: unreadable steps moved aside
-# Tests set this to SIGKILL the process in the middle of the save of a given step:
-# arrays written into the temporary directory, not yet renamed to the step.
+# Tests set these to fail the save of a given step in its middle, arrays written into
+# the temporary directory, not yet renamed to the step: SIGKILL the process, or raise
+# OSError(ENOSPC) as a full disk would.
 _KILL_IN_SAVE_ENV = 'GENSUITE_FAULT_KILL_IN_SAVE_AT_STEP'
+_ENOSPC_IN_SAVE_ENV = 'GENSUITE_FAULT_ENOSPC_IN_SAVE_AT_STEP'
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +96,29 @@ class _DropUnretrievedTaskErrors(logging.Filter):
     return not str(record.msg).startswith('Task exception was never retrieved')
 
 
+class _DropReraisedThreadErrors(logging.Filter):
+  """Orbax logs (with a traceback) each exception of its worker threads, then raises
+  it again to the caller of save/restore, which reports it: drop the first report."""
+
+  def filter(self, record):
+    return '_SignalingThread.run() raised an exception' not in record.getMessage()
+
+
 _QUIET = False
 
 
-def _quiet_abandoned_reads() -> None:
-  """Silences the leftovers of a failed restore, once per process.
+def quiet_background_errors() -> None:
+  """Silences the leftovers of a failed save or restore, once per process.
 
-  When one array fails to read, orbax's restore raises and closes the event loop it
-  ran the reads on while tensorstore is still finishing the others: their completion
+  When one array fails to read or write, orbax raises and closes the event loop it
+  ran the I/O on while tensorstore is still finishing the others: their completion
   callbacks then hit the closed loop (an unraisable `RuntimeError: Event loop is
   closed`, printed with a traceback from tensorstore's threads, at any time up to
   interpreter shutdown) and their tasks die unretrieved (asyncio logs 'Task exception
-  was never retrieved'). The failure itself is already reported, so exactly those
-  two reports are dropped. Installed before the first restore, since the callbacks
-  can fire before the restore's exception reaches us.
+  was never retrieved'); orbax also logs each worker thread's exception before
+  raising it again. The failure itself reaches the caller, which reports it, so
+  exactly those reports are dropped. Installed when a Checkpointer is made, since
+  the callbacks can fire before the exception reaches us.
   """
   global _QUIET
   if _QUIET:
@@ -114,14 +134,19 @@ def _quiet_abandoned_reads() -> None:
 
   sys.unraisablehook = hook
   logging.getLogger('asyncio').addFilter(_DropUnretrievedTaskErrors())
+  logging.getLogger('absl').addFilter(_DropReraisedThreadErrors())
 
 
-class _KillBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
-  """Fault injection: dies where a crash would leave a half-written checkpoint."""
+class _FaultBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Fault injection: fails where a crash or a full disk leaves a half-written
+  checkpoint (every array in the temporary directory, not yet renamed)."""
 
   async def finalize(self, *args, **kwargs):
-    if self.get_final().name == os.environ.get(_KILL_IN_SAVE_ENV):
+    name = self.get_final().name
+    if name == os.environ.get(_KILL_IN_SAVE_ENV):
       os.kill(os.getpid(), signal.SIGKILL)
+    if name == os.environ.get(_ENOSPC_IN_SAVE_ENV):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.get()))
     return await super().finalize(*args, **kwargs)
 
 
@@ -182,9 +207,10 @@ class Checkpointer:
     if discard_incomplete and jax.process_index() == 0:
       for name in incomplete_entries(self.directory):
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    quiet_background_errors()
     kw = {}
-    if os.environ.get(_KILL_IN_SAVE_ENV):
-      kw['temporary_path_class'] = _KillBeforeCommit
+    if os.environ.get(_KILL_IN_SAVE_ENV) or os.environ.get(_ENOSPC_IN_SAVE_ENV):
+      kw['temporary_path_class'] = _FaultBeforeCommit
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False, **kw)
     # The handler is named up front so the saved tree's metadata can be read (for the
@@ -201,10 +227,48 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, state, force: bool = False) -> None:
+    """Saves `state` as step `step` (nothing if that step is already committed).
+
+    If the save fails, its half-written directory is removed and the error raised
+    again; for lack of space, as `workdir.OutOfSpace` (one line: the path, the
+    state's size, the free bytes, the last committed step).
+    """
     if step in self.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      written = self._discard_failed_save(step)
+      if not workdir_lib.is_out_of_space(e):
+        raise
+      path = written[0] if written else os.path.join(self.directory, str(step))
+      latest = self.latest_step()
+      raise workdir_lib.OutOfSpace(
+          path, workdir_lib.tree_nbytes(state), workdir_lib.free_bytes(self.directory),
+          None if latest is None else os.path.join(self.directory, str(latest))) from e
+
+  def _discard_failed_save(self, step: int) -> list[str]:
+    """After a failed save of `step`: lets orbax's threads finish, drops the I/O they
+    abandoned, removes that step's temporary or uncommitted directory (never a
+    committed step) and returns the removed paths."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the same failure, already being raised
+    gc.collect()  # finalize abandoned write coroutines now, not at interpreter exit
+    removed = []
+    if jax.process_index() == 0:
+      for name in incomplete_entries(self.directory):
+        if name == str(step) or name.startswith(f'{step}.orbax-checkpoint-tmp'):
+          path = os.path.join(self.directory, name)
+          shutil.rmtree(path, ignore_errors=True)
+          removed.append(path)
+    try:
+      self._manager.reload()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    return removed
 
   def check_compatible(self, step: int, abstract_state) -> None:
     """ConfigError naming the first leaf where the checkpoint and the model differ."""
@@ -229,7 +293,7 @@ class Checkpointer:
     mismatch: nothing is wrong with the files), and UnreadableCheckpoint (also a
     ConfigError) if the saved tree matches but its files do not read back.
     """
-    _quiet_abandoned_reads()  # the metadata read below can already leave some behind
+    quiet_background_errors()  # the metadata read below can already leave some behind
     self.check_compatible(step, abstract_state)
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

@@ -2,9 +2,17 @@
 
   state = gensuite.train.run(config, workdir)         # trains, resumes if workdir has a run
 
-It builds the experiment (gensuite.experiment: mesh, data, method, jitted step),
-restores the newest checkpoint, and steps: logging (TensorBoard + metrics.jsonl),
-checkpoints, evaluations (gensuite.evaluate), SIGTERM as a checkpoint-and-exit.
+It locks the workdir (gensuite.train.workdir: one trainer per directory), builds the
+experiment (gensuite.experiment: mesh, data, method, jitted step), restores the newest
+checkpoint, and steps: logging (TensorBoard + metrics.jsonl), checkpoints, evaluations
+(gensuite.evaluate), SIGTERM as a checkpoint-and-exit (`workdir.Preempted`, exit 143).
+
+A write that fails for lack of disk space (a checkpoint, metrics.jsonl, the
+TensorBoard file, a samples PNG, config.json) stops the run with `workdir.OutOfSpace`
+(one line: the path, a checkpoint's estimated size, the free bytes); the last
+complete checkpoint is intact and metrics.jsonl is cut back on resume, so running the
+same command again once there is space resumes as after a kill. Every exit, normal or
+not, closes the TensorBoard file, waits for orbax and releases the lock.
 """
 import concurrent.futures
 import logging
@@ -23,10 +31,15 @@ from gensuite.experiment import build_experiment
 from gensuite.train import checkpoint as ckpt_lib
 from gensuite.train import logging as log_lib
 from gensuite.train import parallel
+from gensuite.train import workdir as workdir_lib
 
 log = logging.getLogger('gensuite')
 # Tests set this to SIGKILL the process right after a given step.
 _KILL_AT_STEP = os.environ.get('GENSUITE_FAULT_KILL_AT_STEP')
+# Tests set this to 'STEP:FILE' to pause after step STEP (logged and saved), creating
+# FILE.paused, until FILE exists: a run that holds its workdir's lock while a test
+# needs it to.
+_PAUSE_AT_STEP = os.environ.get('GENSUITE_FAULT_PAUSE_AT_STEP')
 
 
 class _Preemption:
@@ -60,29 +73,43 @@ def _format_eta(seconds: float) -> str:
   return f'{h}:{m:02d}:{s:02d}'
 
 
-def run(config, workdir: str, *, multihost: bool = False):
+def run(config, workdir: str, *, multihost: bool = False, force_unlock: bool = False):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state.
 
-  The checkpoint is restored (and checked against the model) before anything is
-  written, so a run that cannot resume leaves its workdir as it found it.
+  Takes the workdir's lock first (ConfigError if the directory cannot be created or
+  written, `workdir.WorkdirLocked` if another run holds it; `force_unlock` takes a
+  lock left on another host); then the checkpoint is restored (and checked against
+  the model) before anything else is written, so a run that cannot resume leaves
+  its workdir as it found it.
   """
   parallel.maybe_initialize_distributed(multihost)
   config_lib.validate(config)
   if config.train.eval_every:  # before any data is built or prepared
     metrics_lib.check(tuple(config.eval.metrics), **metrics_lib.eval_options(config.eval))
+  lock = workdir_lib.WorkdirLock(workdir, force=force_unlock,
+                                 enabled=jax.process_index() == 0)
+  lock.acquire()
+  try:
+    return _run_locked(config, workdir, lock)
+  finally:
+    lock.release()
+
+
+def _run_locked(config, workdir: str, lock):
   exp = build_experiment(config, load_run=run_lib.load_run)
   resuming = config_lib.check_resume(workdir, config)
   tc = config.train
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   keep = tc.get('keep_checkpoints', 3)
-  ckpt, state = None, None
+  ckpt, state, needed = None, None, None
   try:
     if os.path.isdir(ckpt_dir):
       ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=keep, discard_incomplete=True)
       latest, state = ckpt.restore_latest(exp.abstract_state(), move_corrupt=True)
       if latest is not None:
         log.info('resumed from %s/checkpoints/%d', workdir, latest)
-    os.makedirs(workdir, exist_ok=True)
+    lock.announce()  # a stale lock taken over: said once the run goes on to write
+    needed = workdir_lib.tree_nbytes(exp.abstract_state())
     if jax.process_index() == 0 and not resuming:
       config_lib.write(workdir, config)
     if ckpt is None:
@@ -90,12 +117,23 @@ def run(config, workdir: str, *, multihost: bool = False):
     if state is None:
       state = exp.init_state()
     start = int(jax.device_get(state.step))
+    if jax.process_index() == 0 and start < tc.num_steps:
+      workdir_lib.warn_if_low(ckpt_dir, needed)  # before the first save
     writer = log_lib.MetricWriter(workdir)
     try:
       writer.truncate_after(start)
       state = _train(exp, state, start, workdir, ckpt, writer)
-    finally:
-      writer.close()
+    except BaseException:
+      writer.close(quiet=True)  # the error in flight is the one to report
+      raise
+    writer.close()
+  except OSError as e:
+    if not workdir_lib.is_out_of_space(e):
+      raise
+    latest = ckpt.latest_step() if ckpt is not None else None
+    raise workdir_lib.OutOfSpace(
+        e.filename or workdir, needed, workdir_lib.free_bytes(workdir),
+        None if latest is None else os.path.join(ckpt_dir, str(latest))) from e
   finally:
     if ckpt is not None:
       ckpt.close()
@@ -127,6 +165,25 @@ def _train(exp, state, start, workdir, ckpt, writer):
       evaluate(exp, state, start, writer, workdir)
     return state
   pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    return _steps(exp, state, start, workdir, ckpt, writer, pool)
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pause_if_asked(step: int) -> None:
+  """Fault injection (GENSUITE_FAULT_PAUSE_AT_STEP=STEP:FILE): waits for FILE."""
+  at, _, path = _PAUSE_AT_STEP.partition(':')
+  if step == int(at):
+    with open(path + '.paused', 'w'):
+      pass
+    while not os.path.exists(path):
+      time.sleep(0.05)
+
+
+def _steps(exp, state, start, workdir, ckpt, writer, pool):
+  tc = exp.config.train
+  num_steps = tc.num_steps
   future = pool.submit(exp.global_batch, start)
   acc = exp.empty_accumulator(state)
   last_time, last_step = time.time(), start
@@ -177,9 +234,11 @@ def _train(exp, state, start, workdir, ckpt, writer):
       if preempt.requested:
         _check_finite(exp, acc, s, workdir, ckpt)
         ckpt.save(s, state, force=True)
-        log.warning('SIGTERM: saved checkpoint at step %d, exiting', s)
-        raise SystemExit(143)
-  pool.shutdown()
+        raise workdir_lib.Preempted(
+            f'SIGTERM: stopped after step {s} and saved {ckpt.directory}/{s}; run the '
+            'same command again to resume')
+      if _PAUSE_AT_STEP:
+        _pause_if_asked(s)
   _check_finite(exp, acc, num_steps, workdir, ckpt)
   ckpt.save(num_steps, state, force=True)
   if tc.eval_every and num_steps % tc.eval_every:
