@@ -7,6 +7,7 @@
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
+  gensuite phema  --workdir=DIR --std=0.075 [--step=N]   # post-hoc EMA -> use_ema=phema_0.075
 
 Bad input (unknown names, wrong types, incompatible settings, a config file that
 is missing or rejects its variant, a workdir that cannot be created or written, or
@@ -80,6 +81,11 @@ COMMANDS = {
         ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
          '[--parallel=N]',),
         ('config', 'sweep', 'workdir', 'parallel', 'verbose'), ('config', 'sweep', 'workdir')),
+    'phema': Command(
+        'Reconstruct a post-hoc EMA (EDM2) of a run trained with optim.phema_stds, for '
+        'sample/eval with --config.eval.use_ema=phema_<std>.',
+        ('gensuite phema --workdir=DIR --std=S [--step=N]',),
+        ('workdir', 'std', 'step', 'verbose'), ('workdir', 'std')),
 }
 # What --help shows as a flag's value, where its type alone says too little.
 _METAVARS = {'workdir': 'DIR', 'out': 'FILE', 'sweep': 'FILE.py', 'sampler': 'NAME',
@@ -111,7 +117,10 @@ flags.DEFINE_string('fid_stats', None, 'eval: reference (mu, sigma) .npz for fid
                     '(sets config.eval.fid_stats).')
 flags.DEFINE_enum('inception_resize', None, ['tf', 'pytorch_fid'],
                   'eval: resampling to 299x299 for fid (sets config.eval.inception_resize).')
-flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step (default: latest).')
+flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step; phema: the snapshot step '
+                     'to reconstruct at (default: latest).')
+flags.DEFINE_float('std', None, 'phema: relative std of the EMA profile to reconstruct, in '
+                   '(0, 0.2887) (EDM2\'s sigma_rel, e.g. 0.05 short ... 0.2 long).')
 flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep().')
 flags.DEFINE_integer('parallel', 1, 'sweep: runs at a time.')
 flags.DEFINE_bool('suite', False, 'bench: every config x device count, a markdown table.')
@@ -328,8 +337,11 @@ def _sample():
   from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
   config_lib.apply_overrides(run.config, _run_overrides(_SAMPLE_ALIASES), _RUN_SECTIONS)
-  run.method.check_sampler()
-  x = run.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num, use_ema=FLAGS.use_ema)
+  run.method.check_sampler(load_guide=True)
+  # --config.eval.use_ema names an EMA (e.g. phema_0.05); --[no]use_ema otherwise.
+  use_ema = run.config.eval.use_ema if 'eval.use_ema' in _CONFIG_OVERRIDES else FLAGS.use_ema
+  run.state.eval_params(use_ema)  # an unknown EMA name: one line, before sampling
+  x = run.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num, use_ema=use_ema)
   np.savez(FLAGS.out, samples=x, step=run.step)
   print(f'wrote {x.shape[0]} samples of shape {x.shape[1:]} from step {run.step} to {FLAGS.out}')
 
@@ -361,7 +373,8 @@ def _eval():
     _fail(f'--num must be a positive integer, got {FLAGS.num}')
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
   config_lib.apply_overrides(run.config, _run_overrides(_EVAL_ALIASES), _RUN_SECTIONS)
-  run.method.check_sampler()
+  run.method.check_sampler(load_guide=True)
+  run.state.eval_params(run.config.eval.get('use_ema', True))  # an unknown EMA name
   metrics.check(tuple(run.config.eval.metrics), **metrics.eval_options(run.config.eval))
   # At the checkpoint's step, replacing any earlier values of the same names: that
   # step is <= every later resume point, so truncate-on-resume keeps these lines.
@@ -408,6 +421,22 @@ def _sweep():
   print(f'summary: {FLAGS.workdir}/summary.csv; tensorboard --logdir {FLAGS.workdir}')
 
 
+def _phema():
+  _require('workdir', 'std')
+  from gensuite import config as config_lib  # pylint: disable=g-import-not-at-top
+  from gensuite.methods import phema  # pylint: disable=g-import-not-at-top
+  config_lib.load(FLAGS.workdir)  # a run, or one line
+  arrays, info = phema.reconstruct(FLAGS.workdir, FLAGS.std, FLAGS.step)
+  path = phema.write_reconstruction(FLAGS.workdir, FLAGS.std, arrays, info['step'])
+  snapshots = sorted({s for s, _ in info['coefficients']})
+  tracked = sorted({n for _, n in info['coefficients']}, key=float)
+  name = phema.PREFIX + phema.std_name(FLAGS.std)
+  print(f'wrote {path}: the EMA with relative std {FLAGS.std:g} at step {info["step"]}, '
+        f'from {len(snapshots)} snapshots of stds {", ".join(tracked)} (profile error '
+        f'{100 * info["profile_error"]:.2g}%, cond {info["condition"]:.2g}); use it with '
+        f'--config.eval.use_ema={name} (sample/eval) or run.sample(..., use_ema={name!r})')
+
+
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
   if _help(argv):
@@ -437,7 +466,7 @@ def main(argv=None):
   _setup_jax()
   try:
     {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench,
-     'sweep': _sweep}[command]()
+     'sweep': _sweep, 'phema': _phema}[command]()
   except ConfigError as e:  # bad input, a workdir that is locked or not writable
     _exit_with(e, 2, str(e), argv)
   except workdir_lib.Preempted as e:  # SIGTERM: a checkpoint was saved
@@ -465,7 +494,8 @@ def _exit_with(error: BaseException, code: int, line: str, argv: list[str],
   text = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
   log_path = None
   if code != 2:
-    workdir = FLAGS.workdir if argv[1] in ('train', 'sample', 'eval', 'sweep') else None
+    workdir = FLAGS.workdir if argv[1] in ('train', 'sample', 'eval', 'sweep',
+                                           'phema') else None
     stamp = datetime.datetime.now().isoformat(timespec='seconds')
     command = 'gensuite ' + ' '.join(shlex.quote(a) for a in argv[1:])
     log_path = workdir_lib.append_error_log(

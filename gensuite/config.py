@@ -17,6 +17,9 @@ from gensuite.errors import ConfigError
 
 # Fields that may change between an interrupted run and its resumption: they alter
 # when things happen or how samples are drawn, never what is being trained.
+# Post-hoc EMA (EDM2): the largest relative std of a power-function profile with
+# exponent gamma >= 0, 1/sqrt(12) (gamma = 0, the uniform average; ALGORITHMS.md §11.3).
+PHEMA_MAX_STD = 12.0**-0.5
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.ckpt_every', 'train.keep_checkpoints', 'train.log_images',
                      'train.skip_nonfinite', 'sampler.', 'eval.', 'data.data_dir')
@@ -31,11 +34,17 @@ def base() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict(dict(name='flow_matching'))
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
-      grad_clip=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, ema_decays=(0.999,)))
+      grad_clip=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, ema_decays=(0.999,),
+      phema_stds=()))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=256, log_every=100, eval_every=0, ckpt_every=1000,
-      keep_checkpoints=3, log_images=True, skip_nonfinite=False))
-  c.sampler = ml_collections.ConfigDict(dict(name='euler', steps=100))
+      keep_checkpoints=3, log_images=True, skip_nonfinite=False, phema_every=0))
+  # guidance: gensuite.samplers.guidance (sigma_hi >= 1e9 means no upper bound).
+  c.sampler = ml_collections.ConfigDict(dict(
+      name='euler', steps=100,
+      guidance=ml_collections.ConfigDict(dict(
+          kind='none', weight=1.0, sigma_lo=0.0, sigma_hi=1e9, guide_workdir='',
+          guide_step=0, guide_ema=''))))
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=1000, metrics=('mmd', 'sliced_wasserstein', 'energy_distance', 'nll'),
       use_ema=True, sample_batch=0, inception_weights='', fid_stats='',
@@ -56,7 +65,7 @@ def _get(config, path):
 _CLOSED_SECTIONS = ('optim', 'train')
 # Fields whose allowed types are wider than their default's, or absent from base().
 _FIELD_TYPES: dict[str, Any] = {
-    'eval.use_ema': (bool, str),      # True/False or an EMA decay's name, e.g. '0.999'
+    'eval.use_ema': (bool, str),      # True/False or an EMA's name: '0.999', 'phema_0.05'
     'optim.momentum': (float, type(None)),
     'data.params': dict,
 }
@@ -108,7 +117,8 @@ def check_section(section, allowed: Mapping[str, Any], where: str, *,
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not any(_is_a(value, k) for k in kinds):
       raise ConfigError(f'config.{where}.{name} must be {_type_name(kind)}, got {value!r}')
-    if tuple in kinds and isinstance(value, (tuple, list)) and name == 'ema_decays':
+    if tuple in kinds and isinstance(value, (tuple, list)) and name in ('ema_decays',
+                                                                        'phema_stds'):
       if not all(_is_a(v, float) for v in value):
         raise ConfigError(f'config.{where}.{name} must hold numbers, got {value!r}')
 
@@ -164,6 +174,17 @@ def validate(config) -> None:
   decays = tuple(config.optim.get('ema_decays', ()))
   if any(not 0.0 <= float(d) < 1.0 for d in decays):
     raise ConfigError(f'config.optim.ema_decays must lie in [0, 1), got {decays}')
+  stds = tuple(config.optim.get('phema_stds', ()))
+  if any(not 0.0 < float(s) < PHEMA_MAX_STD for s in stds):
+    raise ConfigError(f'config.optim.phema_stds must lie in (0, {PHEMA_MAX_STD:.4f}) (the '
+                      f'relative std of a power-function EMA with exponent >= 0), got {stds}')
+  if len({f'{float(s):g}' for s in stds}) != len(stds):
+    raise ConfigError(f'config.optim.phema_stds must be distinct, got {stds}')
+  every = config.train.get('phema_every', 0)
+  if every < 0 or (stds and every == 0):
+    raise ConfigError('config.train.phema_every must be a positive number of steps when '
+                      f'config.optim.phema_stds is set (snapshots for gensuite phema), got '
+                      f'{every!r}')
 
 
 def to_dict(config) -> dict:
@@ -193,6 +214,9 @@ def check_resume(workdir: str, config) -> bool:
   with open(path) as f:
     old = _flatten(json.load(f))
   new = _flatten(to_dict(config))
+  # A field added to base() after the run was made reads as its default there.
+  defaults = _flatten(to_dict(base()))
+  old.update({k: defaults[k] for k in set(new) - set(old) if k in defaults})
   diff = sorted(k for k in set(old) | set(new)
                 if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
   if diff:
@@ -253,6 +277,9 @@ def _parse_value(text: str, current, where: str):
       return True
     if low in ('false', '0', 'no'):
       return False
+    wider = _FIELD_TYPES.get(where, ())
+    if str in (wider if isinstance(wider, tuple) else (wider,)):
+      return text  # e.g. eval.use_ema: True/False or an EMA's name
     raise ConfigError(f'--config.{where} must be true or false, got {text!r}')
   if isinstance(current, str):
     return text
@@ -285,13 +312,20 @@ def apply_overrides(config, overrides: Mapping[str, str],
       raise ConfigError(f'--config.{path} cannot change a trained run; allowed here: '
                         + ', '.join(f'--config.{p}*' for p in allowed_prefixes))
     *parents, last = path.split('.')
-    node = config
+    node, ref = config, base()
     for part in parents:
+      ref = ref[part] if isinstance(ref, ml_collections.ConfigDict) and part in ref else None
+      if part not in node and isinstance(ref, ml_collections.ConfigDict):
+        with config.unlocked():  # a section added to base() after the run was made
+          node[part] = ml_collections.ConfigDict(ref.to_dict())
       if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
         raise ConfigError(f'--config.{path}: config has no section {part!r}')
       node = node[part]
     current = node[last] if last in node else None
+    value = _parse_value(text, current, path)
     with config.unlocked():
-      node[last] = _parse_value(text, current, path)
+      if current is not None and type(value) is not type(current):
+        del node[last]  # a wider field (eval.use_ema: a bool, or an EMA's name)
+      node[last] = value
   validate(config)
 

@@ -13,6 +13,7 @@ fold_in(key(seed), step) and batches are a function of (seed, step), so a resume
 retraces the uninterrupted one exactly.
 """
 import dataclasses
+import json
 import math
 import os
 from typing import Any
@@ -118,8 +119,13 @@ class Experiment:
     method's samples back to data space unless decode=False.
     """
     padded = int(math.ceil(num / self.mesh.size) * self.mesh.size)
-    key = (padded, tuple(sorted(kw.items())))
+    # config.sampler (its guidance section too) may change between calls (sample/eval
+    # overrides): part of the key, so a changed config never reuses a stale program.
+    sampler_config = json.dumps(config_lib.to_dict(self.config.sampler), sort_keys=True)
+    key = (padded, tuple(sorted(kw.items())), sampler_config)
     if key not in self._samplers:
+      # Loads an autoguidance guide run (once) here, not inside the traced function.
+      self.method.check_sampler(load_guide=True)
       fn = lambda s, r: self.method.sample(s, r, padded, **kw)
       self._samplers[key] = jax.jit(fn, out_shardings=self.batch_sharding)
     x = parallel.to_host(self._samplers[key](state, rng))[:num]

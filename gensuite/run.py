@@ -4,16 +4,20 @@
   run.config, run.step, run.state
   x = run.sample(jax.random.PRNGKey(0), 1000, sampler='heun', steps=20)  # numpy
 
-Samples with the EMA params by default (`use_ema=False` for the raw ones).
+Samples with the EMA params by default (`use_ema=False` for the raw ones, or an EMA's
+name: '0.999', or 'phema_0.05' once `gensuite phema --std=0.05` has reconstructed that
+post-hoc EMA; the reconstructions in DIR/phema/reconstructed/ join run.state.ema).
 """
 import os
 
+import jax
 import numpy as np
 
 from gensuite import config as config_lib
 from gensuite.errors import ConfigError
 from gensuite import evaluate as evaluate_lib
 from gensuite import experiment as experiment_lib
+from gensuite.methods import phema as phema_lib
 from gensuite.train import checkpoint as ckpt_lib
 
 
@@ -37,6 +41,9 @@ class Run:
     finally:
       ckpt.close()
     self.step = step
+    repl = self.experiment.repl
+    self.state = phema_lib.merge(workdir, self.state,
+                                 put=lambda tree: jax.device_put(tree, repl))
 
   @property
   def method(self):

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-COMMANDS = ('train', 'sample', 'eval', 'bench', 'sweep')
+COMMANDS = ('train', 'sample', 'eval', 'bench', 'sweep', 'phema')
 
 
 def _one_line_error(proc):

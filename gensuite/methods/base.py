@@ -16,10 +16,19 @@ teachers use; a family subclasses it and fills in what it has:
   lr_schedule(step) -> learning rate                                  logged as 'lr'
   evaluate(state, rng, data, workdir=None) -> ({name: float}, {name: uint8 picture})
   denoiser_fn(params, label=None, cfg_scale=1.0) -> D(x, sigma)       VE frame; teachers
+
+Guidance (config.sampler.guidance; gensuite.samplers.guidance) is the sampler-side
+layer: a field method hands it its main field `field(params, label)` and the other
+one, `other_field(params, label, spec)` (the null label's for CFG, the guide run's for
+autoguidance), and `guided_field` returns the combination every sampler runs.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 
+from gensuite import config as config_lib
+from gensuite import data as data_lib
 from gensuite import samplers
 from gensuite.errors import ConfigError
 from gensuite.methods import optim
@@ -59,6 +68,8 @@ class Method:
     self.lr_schedule = optim.schedule(config.optim, num_steps)
     self.tx = optim.build(config.optim, num_steps)
     self.ema_decays = tuple(config.optim.get('ema_decays', ()))
+    self.phema_stds = tuple(float(v) for v in config.optim.get('phema_stds', ()))
+    self._guides = {}  # (workdir, step, ema) -> (guide method, params): autoguidance
 
   def init(self, rng: jax.Array, batch: dict) -> TrainState:
     raise NotImplementedError
@@ -69,14 +80,73 @@ class Method:
   def sample(self, state, rng: jax.Array, num: int, **sampler_kw) -> jax.Array:
     raise NotImplementedError
 
-  def check_sampler(self) -> None:
+  def check_sampler(self, load_guide: bool = False) -> None:
     """ConfigError (one line) unless config.sampler can sample this method's field.
 
-    Called when the method is built, and again by `gensuite sample/eval` after
-    --config.sampler.* overrides, before anything is sampled or written."""
+    Called when the method is built, and again (load_guide=True) by `gensuite
+    sample/eval` after --config.sampler.* overrides and by the loop before a run with
+    evals writes anything: the guidance section is checked (kind, interval, CFG needs
+    a class-conditional run trained with label dropout) and an autoguidance guide run
+    is loaded and matched against this one (data shape, field, conditioning)."""
     if self.field_kind is not None:
       samplers.check_field_config(self.config.sampler, self.field_kind,
                                   self.independent_noise)
+    spec = samplers.guidance.from_config(self.config.sampler)
+    if spec.kind == 'none':
+      return
+    where = f'config.sampler.guidance.kind={spec.kind!r}'
+    if self.field_kind not in ('denoiser', 'velocity'):
+      raise ConfigError(f'{where} guides a denoiser or velocity field; a '
+                        f'{self.config.method.name} run samples without one')
+    if spec.kind == 'cfg':
+      if not getattr(self, 'conditional', False):
+        raise ConfigError(f'{where} needs a class-conditional run (method.class_conditional'
+                          '=True); this run is unconditional: use autoguidance (a guide run)')
+      if not float(getattr(self, 'label_dropout', 0.0)) > 0.0:
+        raise ConfigError(f'{where} needs the null-label model, which this run never '
+                          'trained (method.label_dropout = 0)')
+    if spec.kind == 'autoguidance' and load_guide:
+      self.guide(spec)
+
+  def guide(self, spec):
+    """(method, params) of the autoguidance guide run named by `spec`, loaded once
+    with self.load_run; ConfigError if it is missing or does not match this run."""
+    key = (spec.guide_workdir, spec.guide_step, spec.guide_ema)
+    if key in self._guides:
+      return self._guides[key]
+    workdir = spec.guide_workdir
+    if not os.path.exists(os.path.join(workdir, 'config.json')):
+      raise ConfigError(f'config.sampler.guidance.guide_workdir={workdir!r} holds no run '
+                        '(no config.json)')
+    if self.load_run is None:
+      raise ConfigError('autoguidance loads its guide run: build the method through '
+                        'gensuite.experiment.build_experiment, or pass '
+                        'load_run=gensuite.load_run')
+    # The data shape from the guide's config first: a guide of other data is refused
+    # before its checkpoint is read (which would fail on the other architecture).
+    guide_config = config_lib.load(workdir)
+    self._check_guide_shape(workdir, data_lib.build(
+        guide_config.data, seed=guide_config.seed,
+        global_batch_size=guide_config.train.batch_size, load_run=self.load_run).spec.shape)
+    with jax.ensure_compile_time_eval():  # also when first asked inside a jit trace
+      run = self.load_run(workdir, spec.guide_step or None)
+    guide = run.method
+    self._check_guide_shape(workdir, run.experiment.data.spec.shape)
+    if guide.field_kind != self.field_kind:
+      raise ConfigError(f'guide run {workdir} ({run.config.method.name}) has a '
+                        f'{guide.field_kind} field, this run a {self.field_kind} field; '
+                        'autoguidance combines fields of one kind')
+    if getattr(guide, 'conditional', False) and not getattr(self, 'conditional', False):
+      raise ConfigError(f'guide run {workdir} is class-conditional and this run is not; '
+                        'a guide takes the same labels as the main model (or none)')
+    params = run.state.eval_params(spec.guide_ema or True)  # its EMA (default: longest)
+    self._guides[key] = (guide, params)
+    return self._guides[key]
+
+  def _check_guide_shape(self, workdir, shape) -> None:
+    if tuple(shape) != self.data_shape:
+      raise ConfigError(f'guide run {workdir} makes data of shape {tuple(shape)}, but this '
+                        f'run makes {self.data_shape}; a guide must model the same data')
 
   def evaluate(self, state, rng, data, workdir=None):
     """Extra eval scalars and pictures of the family's own; none by default."""
@@ -96,7 +166,7 @@ class SingleNetMethod:
     label = batch.get('label') if self.conditional else None
     t = jnp.zeros((x.shape[0],), x.dtype)
     params = self.net.init({'params': rng, 'dropout': rng}, x, t, label=label)['params']
-    return TrainState.create(params, self.tx, self.ema_decays)
+    return TrainState.create(params, self.tx, self.ema_decays, phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
     grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
@@ -107,7 +177,40 @@ class SingleNetMethod:
 class FieldSampling:
   """sample() of a method that exposes a field (`self.field(params, label, cfg_scale)`,
   a gensuite.samplers.Field): fills the sampler defaults from config.sampler, draws
-  labels and noise, and hands both to gensuite.samplers.sample."""
+  labels and noise, guides the field (config.sampler.guidance) and hands it to
+  gensuite.samplers.sample."""
+
+  def guidance_spec(self, cfg_scale: float = 1.0):
+    """config.sampler.guidance, or the legacy cfg_scale (= kind 'cfg' with that weight
+    and no interval)."""
+    spec = samplers.guidance.from_config(self.config.sampler)
+    if float(cfg_scale) == 1.0:
+      return spec
+    if spec.kind != 'none':
+      raise ConfigError(f'cfg_scale={cfg_scale} and config.sampler.guidance.kind='
+                        f'{spec.kind!r} both ask for guidance; use one of them')
+    return samplers.guidance.Spec(kind='cfg', weight=float(cfg_scale))
+
+  def other_field(self, params, label, spec) -> samplers.Field:
+    """The field guidance pulls away from: the null-label model (cfg) or the guide
+    run's (autoguidance, with the same labels when the guide is conditional)."""
+    if spec.kind == 'cfg':
+      if not self.conditional:
+        raise ConfigError("classifier-free guidance (kind 'cfg' or cfg_scale != 1) needs "
+                          'a class-conditional run; this run is unconditional')
+      return self.field(params, jnp.full_like(label, self.spec.num_classes))
+    guide, guide_params = self.guide(spec)
+    return guide.field(guide_params, label if getattr(guide, 'conditional', False) else None)
+
+  def guided_field(self, params, label, spec) -> samplers.Field:
+    """The main field `field(params, label)`, guided as `spec` says."""
+    if spec.kind == 'cfg' and not self.conditional:
+      self.other_field(params, label, spec)  # the one-line error
+    main = self.field(params, label)
+    if not spec.active:
+      return main
+    return samplers.guidance.guide(main, self.other_field(params, label, spec), spec.weight,
+                                   spec.sigma_lo, spec.sigma_hi)
 
   def sample_labels(self, rng, num: int, label=None):
     if not self.conditional:
@@ -122,12 +225,14 @@ class FieldSampling:
     """num samples with the named sampler (default config.sampler's) over `steps`.
 
     Sampler options (eta, s_churn, snr, ...) come from config.sampler, then `options`;
-    `sigmas` replaces the field's noise grid; label/cfg_scale pick classes and guidance.
+    `sigmas` replaces the field's noise grid; label picks classes; guidance comes from
+    config.sampler.guidance (or cfg_scale, the same as kind 'cfg' without interval).
     """
     name, steps, options = samplers.resolve(self.config.sampler, sampler, steps, options)
     params = state.eval_params(use_ema)
     k_x, k_y, k_s = jax.random.split(rng, 3)
     z = jax.random.normal(k_x, (num,) + self.data_shape)
-    field = self.field(params, self.sample_labels(k_y, num, label), cfg_scale)
+    field = self.guided_field(params, self.sample_labels(k_y, num, label),
+                              self.guidance_spec(cfg_scale))
     return samplers.sample(name, field, z, k_s, steps, sigmas=sigmas,
                            return_trajectory=return_trajectory, **options)

@@ -24,7 +24,9 @@ only rescales the learning rate).
 
 Class conditioning: labels are dropped to the null class (index num_classes) with
 probability label_dropout; classifier-free guidance at sampling uses
-D = D_null + cfg_scale (D_label - D_null), so cfg_scale = 1 is the conditional model.
+D = D_null + w (D_label - D_null), so w = 1 is the conditional model
+(config.sampler.guidance: kind 'cfg' with an interval, or 'autoguidance' with a guide
+run; gensuite.samplers.guidance).
 
 Sampling integrates from sigma_max to 0 on a sigma grid: EDM's rho = 7 grid for edm,
 and the images of a uniform t grid for vp (t from 1 to sample_t_eps) and ve (t from
@@ -175,19 +177,18 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
     """fn(x, sigma) -> D(x, sigma) in the VE frame (x = x0 + sigma eps, sigma scalar).
 
     With a class-conditional model, `label` [B] picks the classes (None: the null
-    label) and cfg_scale != 1 applies classifier-free guidance.
+    label) and cfg_scale != 1 applies classifier-free guidance at every sigma
+    (gensuite.samplers.guidance.guided_denoiser; config.sampler.guidance adds an
+    interval and autoguidance when sampling).
     """
     if label is not None and not self.conditional:
       raise ConfigError('denoiser_fn got a label, but this model is unconditional')
-    guided = self.conditional and label is not None and cfg_scale != 1.0
-
-    def denoiser(x, sigma):
-      d = self.denoise(params, x, sigma, label)
-      if guided:
-        d0 = self.denoise(params, x, sigma, jnp.full_like(label, self.spec.num_classes))
-        d = d0 + cfg_scale * (d - d0)
-      return d
-    return denoiser
+    denoiser = lambda x, sigma: self.denoise(params, x, sigma, label)
+    if not (self.conditional and label is not None and cfg_scale != 1.0):
+      return denoiser
+    null = jnp.full_like(label, self.spec.num_classes)
+    return samplers.guidance.guided_denoiser(
+        denoiser, lambda x, sigma: self.denoise(params, x, sigma, null), cfg_scale)
 
   # ---- training -----------------------------------------------------------------
 

@@ -156,7 +156,8 @@ class EBM(Method):
         'log_z_offset': jnp.zeros((), dtype),
         'num_resamples': jnp.zeros((), jnp.int32),
     }
-    return TrainState.create(params, self.tx, self.ema_decays, extra=extra)
+    return TrainState.create(params, self.tx, self.ema_decays, extra=extra,
+                             phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
     ex = state.extra

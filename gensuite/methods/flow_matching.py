@@ -205,16 +205,18 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
   # init and train_step: SingleNetMethod (one network, one loss).
 
   def velocity_fn(self, params, label=None, cfg_scale: float = 1.0):
-    """v(x, t) with scalar t, for the samplers."""
-    def velocity(x, t):
-      tb = jnp.full((x.shape[0],), t, x.dtype)
-      v, _ = self._apply(params, x, tb, label)
-      if self.conditional and cfg_scale != 1.0:
-        null = jnp.full_like(label, self.spec.num_classes)
-        v0, _ = self._apply(params, x, tb, null)
-        v = v0 + cfg_scale * (v - v0)
-      return v
-    return velocity
+    """v(x, t) with scalar t, for the samplers; cfg_scale != 1 guides it by the null
+    label at every t (config.sampler.guidance adds an interval and autoguidance)."""
+    def velocity_for(lab):
+      def velocity(x, t):
+        v, _ = self._apply(params, x, jnp.full((x.shape[0],), t, x.dtype), lab)
+        return v
+      return velocity
+    if not (self.conditional and label is not None and cfg_scale != 1.0):
+      return velocity_for(label)
+    null = jnp.full_like(label, self.spec.num_classes)
+    return samplers.guidance.guided_velocity(velocity_for(label), velocity_for(null),
+                                             cfg_scale, self.frame())
 
   def score_fn(self, params, label=None):
     """score(x, t) of x_t: -eta / gamma with the denoiser head, else from the velocity,

@@ -234,7 +234,8 @@ class VAE(Method):
     if self.likelihood == 'gaussian' and self.variance == 'learned_scalar':
       params['log_gamma'] = jnp.zeros((), jnp.float32)
     extra = {'mse': jnp.asarray(self.balance_init_mse, jnp.float32)}
-    return TrainState.create(params, self.tx, self.ema_decays, extra=extra)
+    return TrainState.create(params, self.tx, self.ema_decays, extra=extra,
+                             phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
     grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, state.extra, batch,

@@ -27,8 +27,11 @@ Methods call `sample` (dispatch.py) with their field; below it, two entry points
     edm_stochastic      s_churn, s_min, s_max, s_noise
     annealed_langevin   steps_per_sigma, step_scale (langevin; grid's zeros dropped)
   ula and mala sample an energy, not a noise ladder: call gensuite.samplers.langevin.
+
+Guidance (CFG with an interval, autoguidance) is a layer over a denoiser or velocity
+field, run by every sampler above: gensuite.samplers.guidance.
 """
-from gensuite.samplers import frames, langevin, pf_ode, sde
+from gensuite.samplers import frames, guidance, langevin, pf_ode, sde
 from gensuite.samplers.dispatch import (LANGEVIN_SAMPLERS, NFE_PER_STEP, ODE_SAMPLERS,
                                         ODE_SOLVERS, SAMPLER_OPTIONS, SAMPLERS,
                                         SIGMA_SAMPLERS, Field, check, check_field_config,
@@ -40,7 +43,7 @@ from gensuite.samplers.schedules import karras_sigmas, sigma_grid, ve_sigmas, vp
 
 __all__ = ['Field', 'LANGEVIN_SAMPLERS', 'NFE_PER_STEP', 'ODE_SAMPLERS', 'ODE_SOLVERS',
            'SAMPLERS', 'SAMPLER_OPTIONS', 'SIGMA_SAMPLERS', 'annealed_langevin', 'check',
-           'check_field_config', 'check_name', 'dopri5', 'euler', 'frames', 'heun',
+           'check_field_config', 'check_name', 'dopri5', 'euler', 'frames', 'guidance', 'heun',
            'karras_sigmas', 'langevin', 'mala', 'options_from_config', 'pf_ode', 'resolve',
            'rk4', 'sample', 'sample_sigmas', 'sde', 'sigma_grid', 'solve_ode', 'time_grid',
            'ula', 've_sigmas', 'vp_sigmas']

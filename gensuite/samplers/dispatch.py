@@ -18,6 +18,10 @@ chooses or checks a sampler itself. What each kind of field can be sampled with:
   energy    U(x) with p ∝ exp(-U): ula and mala for `steps` steps from z (the walkers),
             with options step_size.
 
+A guided field (gensuite.samplers.guidance: CFG with an interval, autoguidance) is
+a field like the others: its fn combines two models, and every sampler here runs it,
+deciding the guidance interval per step on the grid (guidance.for_step / restrict).
+
 A field whose noise is coupled to its data (minibatch-OT flow matching:
 `independent_noise=False`) has no valid score (D - x)/sigma^2, so the samplers that
 use one (euler_maruyama, pc, edm_stochastic, annealed_langevin, ddim with eta > 0) are
@@ -31,7 +35,7 @@ import jax
 import numpy as np
 
 from gensuite.errors import ConfigError, lookup
-from gensuite.samplers import frames, pf_ode, sde
+from gensuite.samplers import frames, guidance, pf_ode, sde
 from gensuite.samplers.langevin import annealed_langevin, mala, ula
 from gensuite.samplers.ode import dopri5, euler, heun, rk4, time_grid
 
@@ -225,8 +229,13 @@ def sample(name: str, field: Field, z, rng, steps: int, *, sigmas=None,
     if options:
       raise ConfigError(f'ODE solver {name!r} takes no options; got '
                         + ', '.join(sorted(options)))
-    return solve_ode(name, field.fn, z, 0.0, 1.0, steps,
-                              return_trajectory=return_trajectory)
+    velocity = field.fn
+    if name != 'dopri5':  # a guidance interval decided on the grid's step starts
+      with jax.ensure_compile_time_eval():
+        ts = np.asarray(time_grid(int(steps), 0.0, 1.0), np.float64)
+      velocity = guidance.restrict(velocity, ts[:-1])
+    return solve_ode(name, velocity, z, 0.0, 1.0, steps,
+                     return_trajectory=return_trajectory)
   if return_trajectory:
     raise ConfigError(f'sampler {name!r} cannot return a trajectory; use one of '
                       + ', '.join(sorted(ODE_SAMPLERS)))
@@ -237,8 +246,12 @@ def sample(name: str, field: Field, z, rng, steps: int, *, sigmas=None,
     sigmas = field.sigma_grid(steps)
   sigmas = np.asarray(sigmas, np.float64)
   denoiser = field.fn
-  if field.kind == VELOCITY:
-    denoiser = frames.denoiser_from_velocity(field.fn, field.path)
+  if field.kind == VELOCITY:  # guidance carries over: D is affine in v at fixed (x, t)
+    denoiser = guidance.convert(field.fn,
+                                lambda v: frames.denoiser_from_velocity(v, field.path))
+  # The steps start at every level but the last (annealed Langevin: at every level).
+  starts = sigmas[sigmas > 0] if name == 'annealed_langevin' else sigmas[:-1]
+  denoiser = guidance.restrict(denoiser, starts)
   x, _ = sample_sigmas(name, denoiser, float(sigmas[0]) * z, sigmas, rng, **options)
   if field.kind == VELOCITY and sigmas[-1] > 0.0:
     return field.path.from_ve(x, field.path.t_of_sigma(sigmas[-1]))

@@ -14,7 +14,8 @@ network that wants a [B] vector of times must broadcast it itself, e.g.
 `net.apply(params, x, jnp.full((x.shape[0],), t))`. The grid `ts` may run in either
 direction (t1 < t0 integrates backwards, as diffusion samplers do in sigma) and need
 not be uniform. Fixed-grid solvers run ONE `jax.lax.scan` over consecutive grid pairs,
-so compile time does not grow with the number of steps.
+so compile time does not grow with the number of steps. A step's evaluations all use
+`guidance.for_step(velocity_fn, t_i)` (a guidance interval decided per step).
 
 Costs (network evaluations per step, ALGORITHMS.md §3): Euler 1, Heun 2 (EDM form with
 `final_euler=True`: 2N - 1 in all), RK4 4; dopri5 6 per attempted step plus 2 at the
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gensuite.errors import ConfigError
+from gensuite.samplers.guidance import for_step
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 GRID_KINDS = ('uniform', 'cosine', 'quadratic')
@@ -97,9 +99,10 @@ def heun(velocity_fn: VelocityFn, x: jax.Array, ts: jax.Array,
   """
   def step(x, t0, t1):
     dt = (t1 - t0).astype(x.dtype)
-    d0 = velocity_fn(x, t0)
+    fn = for_step(velocity_fn, t0)  # both evaluations: the step's guidance
+    d0 = fn(x, t0)
     x_pred = x + dt * d0
-    d1 = velocity_fn(x_pred, t1)
+    d1 = fn(x_pred, t1)
     return x + 0.5 * dt * (d0 + d1)
 
   ts = jnp.asarray(ts)
@@ -121,10 +124,11 @@ def rk4(velocity_fn: VelocityFn, x: jax.Array, ts: jax.Array,
   def step(x, t0, t1):
     dt = (t1 - t0).astype(x.dtype)
     tm = t0 + 0.5 * (t1 - t0)
-    k1 = velocity_fn(x, t0)
-    k2 = velocity_fn(x + 0.5 * dt * k1, tm)
-    k3 = velocity_fn(x + 0.5 * dt * k2, tm)
-    k4 = velocity_fn(x + dt * k3, t1)
+    fn = for_step(velocity_fn, t0)  # every stage: the step's guidance
+    k1 = fn(x, t0)
+    k2 = fn(x + 0.5 * dt * k1, tm)
+    k3 = fn(x + 0.5 * dt * k2, tm)
+    k4 = fn(x + dt * k3, t1)
     return x + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
   return _scan(step, x, ts, return_trajectory)

@@ -9,7 +9,9 @@ array. The PF-ODE is dx/dsigma = (x - D(x, sigma)) / sigma (ALGORITHMS.md §1.2)
 grid `sigmas` is a concrete decreasing 1-D array. A final step to sigma = 0 is the
 limit of every method's update there, x = D(x, sigma_{N-1}) (1 NFE): the ODE's
 velocity is undefined at sigma = 0, and Euler, DDIM and DPM-Solver all reduce to that
-value on such a step. Each sampler runs its other steps in one `jax.lax.scan`.
+value on such a step. Each sampler runs its other steps in one `jax.lax.scan`. A
+step's evaluations all use `guidance.for_step(denoiser_fn, sigma_i)`, so a guidance
+interval is decided per step, at the sigma the step starts from (§11.1).
 
 NFE for N steps (N + 1 grid points) ending at 0: euler N, heun 2N - 1, rk4 4N - 3,
 ddim N, dpm_solver_2m/3m N. Not ending at 0: heun 2N, rk4 4N, the rest N.
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gensuite.errors import ConfigError
+from gensuite.samplers.guidance import for_step
 
 DenoiserFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -91,6 +94,7 @@ def euler(denoiser_fn: DenoiserFn, x: jax.Array, sigmas, rng=None) -> tuple[jax.
 
 
 def heun_step(denoiser_fn, x, s, sn):
+  denoiser_fn = for_step(denoiser_fn, s)  # both evaluations: the step's guidance
   d = _velocity(denoiser_fn, x, s)
   x_pred = x + (sn - s) * d
   d_next = _velocity(denoiser_fn, x_pred, sn)
@@ -113,10 +117,11 @@ def rk4(denoiser_fn: DenoiserFn, x: jax.Array, sigmas, rng=None) -> tuple[jax.Ar
   def step(x, s, sn):
     h = sn - s
     sm = s + 0.5 * h
-    k1 = _velocity(denoiser_fn, x, s)
-    k2 = _velocity(denoiser_fn, x + 0.5 * h * k1, sm)
-    k3 = _velocity(denoiser_fn, x + 0.5 * h * k2, sm)
-    k4 = _velocity(denoiser_fn, x + h * k3, sn)
+    fn = for_step(denoiser_fn, s)  # every stage: the step's guidance
+    k1 = _velocity(fn, x, s)
+    k2 = _velocity(fn, x + 0.5 * h * k1, sm)
+    k3 = _velocity(fn, x + 0.5 * h * k2, sm)
+    k4 = _velocity(fn, x + h * k3, sn)
     return x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
   grid, to_zero = split_grid(sigmas)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gensuite.errors import ConfigError
+from gensuite.samplers.guidance import for_step
 from gensuite.samplers.pf_ode import final_denoise, heun_step, pairs, split_grid
 
 DenoiserFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -131,12 +132,13 @@ def edm_stochastic(denoiser_fn: DenoiserFn, x: jax.Array, sigmas, rng, s_churn: 
 
   def step(x, s, sn, key):
     x_hat, s_hat = churn(x, s, key)
-    return heun_step(denoiser_fn, x_hat, s_hat, sn)
+    # The guidance interval is decided at sigma_i, not at the churned sigma_hat.
+    return heun_step(for_step(denoiser_fn, s), x_hat, s_hat, sn)
 
   k_steps, k_last = jax.random.split(rng)
   x = _scan_keys(step, x, grid, k_steps)
   if to_zero:
     s_last = jnp.asarray(grid[-1]).astype(x.dtype)
     x, s_hat = churn(x, s_last, k_last)
-    x = denoiser_fn(x, s_hat).astype(x.dtype)
+    x = for_step(denoiser_fn, s_last)(x, s_hat).astype(x.dtype)
   return x, {'nfe': 2 * (len(grid) - 1) + int(to_zero)}

@@ -36,6 +36,7 @@ no longer lists it; it moves nothing when no step reads back, and raises
 ConfigError instead (a run never silently restarts from step 0). Readers only skip:
 a trainer may be writing to the directory.
 """
+import dataclasses
 import errno
 import gc
 import logging
@@ -286,16 +287,43 @@ class Checkpointer:
       raise ConfigError(f'checkpoint {self.directory}/{step} does not match this model '
                         f'(different architecture or method?): {problem}')
 
+  def _older_state_fields(self, step: int, abstract_state):
+    """The fields of `abstract_state` (a dataclass state) that the checkpoint at
+    `step` holds, if it lacks only fields that are empty here (a field added to the
+    train state after the checkpoint was written, e.g. TrainState.phema); else None."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return None
+    try:
+      saved = self._manager.item_metadata(step)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_read_error(e):
+        raise
+      return None
+    saved = getattr(saved, 'tree', saved)
+    if not isinstance(saved, dict):
+      return None
+    names = [f.name for f in dataclasses.fields(abstract_state)]
+    missing = [n for n in names if n not in saved]
+    if not missing or any(jax.tree.leaves(getattr(abstract_state, n)) for n in missing):
+      return None
+    return {n: getattr(abstract_state, n) for n in names if n in saved}
+
   def restore(self, step: int, abstract_state):
     """The state saved at `step`, restored onto `abstract_state`'s shardings.
 
     Raises ConfigError if the saved tree differs from the model's (architecture
     mismatch: nothing is wrong with the files), and UnreadableCheckpoint (also a
-    ConfigError) if the saved tree matches but its files do not read back.
+    ConfigError) if the saved tree matches but its files do not read back. A
+    checkpoint written before an empty field joined the state restores with that
+    field empty.
     """
     quiet_background_errors()  # the metadata read below can already leave some behind
     self.check_compatible(step, abstract_state)
+    older = self._older_state_fields(step, abstract_state)
     try:
+      if older is not None:
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(older))
+        return abstract_state.replace(**restored)
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # pylint: disable=broad-except
       if not _is_read_error(e):

@@ -7,6 +7,11 @@ experiment (gensuite.experiment: mesh, data, method, jitted step), restores the 
 checkpoint, and steps: logging (TensorBoard + metrics.jsonl), checkpoints, evaluations
 (gensuite.evaluate), SIGTERM as a checkpoint-and-exit (`workdir.Preempted`, exit 143).
 
+Post-hoc EMA (config.optim.phema_stds): the tracked profiles are saved to
+DIR/phema/<step>.npz every train.phema_every steps and at the last step
+(gensuite.methods.phema); on resume, snapshots later than the restored step are
+removed and made again, so the sequence is the uninterrupted run's.
+
 A write that fails for lack of disk space (a checkpoint, metrics.jsonl, the
 TensorBoard file, a samples PNG, config.json) stops the run with `workdir.OutOfSpace`
 (one line: the path, a checkpoint's estimated size, the free bytes); the last
@@ -28,6 +33,8 @@ from gensuite import metrics as metrics_lib
 from gensuite import run as run_lib
 from gensuite.evaluate import evaluate
 from gensuite.experiment import build_experiment
+from gensuite.errors import ConfigError
+from gensuite.methods import phema as phema_lib
 from gensuite.train import checkpoint as ckpt_lib
 from gensuite.train import logging as log_lib
 from gensuite.train import parallel
@@ -102,14 +109,18 @@ def _run_locked(config, workdir: str, lock):
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   keep = tc.get('keep_checkpoints', 3)
   ckpt, state, needed = None, None, None
+  abstract = exp.abstract_state()
+  _check_phema(exp.config, abstract)
+  if tc.eval_every:  # a guide run (autoguidance) loads, and matches, before any write
+    exp.method.check_sampler(load_guide=True)
   try:
     if os.path.isdir(ckpt_dir):
       ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=keep, discard_incomplete=True)
-      latest, state = ckpt.restore_latest(exp.abstract_state(), move_corrupt=True)
+      latest, state = ckpt.restore_latest(abstract, move_corrupt=True)
       if latest is not None:
         log.info('resumed from %s/checkpoints/%d', workdir, latest)
     lock.announce()  # a stale lock taken over: said once the run goes on to write
-    needed = workdir_lib.tree_nbytes(exp.abstract_state())
+    needed = workdir_lib.tree_nbytes(abstract)
     if jax.process_index() == 0 and not resuming:
       config_lib.write(workdir, config)
     if ckpt is None:
@@ -120,6 +131,8 @@ def _run_locked(config, workdir: str, lock):
     if jax.process_index() == 0 and start < tc.num_steps:
       workdir_lib.warn_if_low(ckpt_dir, needed)  # before the first save
     writer = log_lib.MetricWriter(workdir)
+    if jax.process_index() == 0:  # snapshots past the resume point are made again
+      phema_lib.drop_snapshots_after(workdir, start)
     try:
       writer.truncate_after(start)
       state = _train(exp, state, start, workdir, ckpt, writer)
@@ -138,6 +151,22 @@ def _run_locked(config, workdir: str, lock):
     if ckpt is not None:
       ckpt.close()
   return state
+
+
+def _check_phema(config, abstract_state) -> None:
+  """ConfigError unless the state tracks exactly config.optim.phema_stds."""
+  wanted = {phema_lib.std_name(s) for s in config.optim.get('phema_stds', ())}
+  have = set(getattr(abstract_state, 'phema', None) or {})
+  if wanted != have:
+    raise ConfigError(f'config.optim.phema_stds asks for post-hoc EMA profiles '
+                      f'{sorted(wanted)}, but a {config.method.name} run tracks '
+                      f'{sorted(have) or "none"}; this method does not support post-hoc EMA')
+
+
+def _phema_due(tc, state, step: int) -> bool:
+  """A post-hoc EMA snapshot is taken every train.phema_every steps and at the end."""
+  every = tc.get('phema_every', 0)
+  return bool(state.phema) and every > 0 and (step % every == 0 or step == tc.num_steps)
 
 
 def _check_finite(exp, acc, step: int, workdir: str, ckpt) -> None:
@@ -222,6 +251,11 @@ def _steps(exp, state, start, workdir, ckpt, writer, pool):
         log.info('step %d/%d  loss %.5f  %.2f steps/s  ETA %s', s, num_steps,
                  scalars.get('loss', float('nan')), rate, _format_eta((num_steps - s) / rate))
         acc = exp.empty_accumulator(state)
+      if _phema_due(tc, state, s):
+        _check_finite(exp, acc, s, workdir, ckpt)
+        tracked = jax.device_get(state.phema)
+        if jax.process_index() == 0:
+          phema_lib.save_snapshot(workdir, s, tracked)
       if tc.ckpt_every and s % tc.ckpt_every == 0:
         _check_finite(exp, acc, s, workdir, ckpt)
         ckpt.save(s, state)
