@@ -40,7 +40,10 @@ VARIANTS = {  # row name -> toy2d variant tokens
     'forward_kl': 'f_distill,forward_kl', 'js': 'f_distill,js',
     'squared_hellinger': 'f_distill,squared_hellinger', 'jeffreys': 'f_distill,jeffreys',
     'pearson': 'f_distill,pearson', 'neyman': 'f_distill,neyman', 'alpha_0.5': 'f_distill,alpha',
-    'dmd': 'dmd', 'dmd2': 'dmd2',
+    'dmd': 'dmd', 'dmd2': 'dmd2', 'js_fake_score_head': 'f_distill,js,fake_score_head',
+    # Class-conditional students (classes = the mixture's components), sampled with
+    # labels drawn from the weights: the marginal is compared with the data.
+    'cond_js': 'f_distill,js,cond', 'cond_dmd2': 'dmd2,cond',
 }
 
 

@@ -4,14 +4,24 @@
   gensuite train --config=configs/distill/digits.py --workdir=runs/distill_digits \
       --config.teacher.workdir=runs/edm_digits
   gensuite sample --workdir=runs/distill_digits --steps=1 --num=64 --out=x.npz
+  gensuite train --config=configs/diffusion/digits.py:cond --workdir=runs/edm_digits_cond
+  gensuite train --config=configs/distill/digits.py:cond --workdir=runs/distill_cond
 
 The teacher is the run in config.teacher.workdir (its own config and EMA weights;
 its method must expose denoiser_fn, as diffusion and flow_matching do). Generator
 and fake score are the teacher's U-Net, initialised from its weights; the
 discriminator is a small separate U-Net whose per-pixel logits are averaged.
 Variant tokens (comma-separated): f_distill (default, JS), dmd, dmd2 (two time-scale
-rule, separate GAN head), any divergence name, smoke (tiny, for tests; pair it with a
+rule, separate GAN head), any divergence name; fake_score_head / teacher_head (the
+discriminator is a light head on the fake score's / the frozen teacher's U-Net
+bottleneck, DMD2's / FastGen's choice, instead of a separate U-Net); cond (a
+class-conditional student of a class-conditional teacher,
+configs/diffusion/digits.py:cond in runs/edm_digits_cond, guided with
+method.teacher_cfg_scale = 1.5, not tuned); smoke (tiny, for tests; pair it with a
 smoke teacher).
+
+Each of the method.fake_updates = K inner updates of a step takes its own 1/K of the
+batch, so train.batch_size is K x PER_UPDATE_BATCH (set after the tokens; smoke: K x 16).
 """
 import ml_collections
 
@@ -20,6 +30,8 @@ from gensuite import config as config_lib
 from gensuite.methods import divergences
 
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
+HEAD_TOKENS = {'fake_score_head': 'fake_score', 'teacher_head': 'teacher_features'}
+PER_UPDATE_BATCH, SMOKE_PER_UPDATE_BATCH = 64, 16
 # What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
 # DMD keeps disc_weight 1; DMD2 keeps the separate discriminator (not a head on the
 # fake score), so its disc_weight stays 1.
@@ -27,8 +39,8 @@ OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0), 'dmd2': dict(disc_head='sep
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
-  common.smoke(c, num_steps=4, batch_size=16, log_every=2, eval_every=4, ckpt_every=2,
-               sampler_steps=None, eval_samples=16, net=dict(channels=8))
+  common.smoke(c, num_steps=4, batch_size=SMOKE_PER_UPDATE_BATCH, log_every=2, eval_every=4,
+               ckpt_every=2, sampler_steps=None, eval_samples=16, net=dict(channels=8))
   c.method.fake_updates = 1
   c.method.num_pairs, c.method.pair_steps, c.method.reg_batch = 16, 2, 8
   c.eval.metrics = ('mmd',)
@@ -46,12 +58,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = common.method('distill', divergence='js', num_pairs=512, reg_batch=64,
                            lr_generator=2e-5, lr_fake_score=1e-4, lr_discriminator=1e-4)
   c.optim.update(lr=1e-4, grad_clip=10.0, ema_decays=(0.99,))
-  c.train.update(num_steps=1000, batch_size=64, log_every=50, eval_every=500, ckpt_every=250)
+  c.train.update(num_steps=1000, batch_size=PER_UPDATE_BATCH, log_every=50, eval_every=500,
+                 ckpt_every=250)
   c.sampler.update(name='euler', steps=1)  # the student ignores the name; steps = its NFE
   c.eval.update(num_samples=500,
                 metrics=('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits'))
+  heads = []  # applied after every other token, so an objective token cannot undo them
   edits = {
       **common.distill_objective_edits(OBJECTIVES, OBJECTIVE_OVERRIDES),
       **{d: common.setter(**{'method.divergence': d}) for d in divergences.DIVERGENCES},
+      **{token: (lambda c, h=head: heads.append(h)) for token, head in HEAD_TOKENS.items()},
+      'cond': common.setter(**{'method.class_conditional': True,
+                               'method.teacher_cfg_scale': 1.5,
+                               'teacher.workdir': 'runs/edm_digits_cond'}),
   }
-  return common.apply_variant(c, arg, edits, 'distill digits', smoke_edit=_smoke)
+  c = common.apply_variant(c, arg, edits, 'distill digits', smoke_edit=_smoke)
+  for head in heads:  # disc_weight follows the head again (gensuite.methods.defaults)
+    common.rebuild_method(c, drop=('disc_weight',), disc_head=head)
+  c.train.batch_size *= c.method.fake_updates  # one part per inner update
+  return c

@@ -11,9 +11,10 @@ a field the family does not have or a value of the wrong type, so a typo such as
 
 Some defaults depend on another field: distillation's fake-score/discriminator
 settings on `objective` (DMD: one fake-score update, no discriminator, paired
-regression; DMD2: five updates and a GAN head on the fake score; f-distill: a separate
-discriminator), and flow matching's `t_eps` on `gamma` (1e-3 for 'sqrt', whose
-velocity target is singular at t = 0 and 1). Values are never None: ml_collections
+regression; DMD2: five updates and a GAN head on the fake score's bottleneck;
+f-distill: a separate discriminator) and disc_weight on disc_head (1e-2 for the head
+on the fake score, 1 otherwise), and flow matching's `t_eps` on `gamma` (1e-3 for
+'sqrt', whose velocity target is singular at t = 0 and 1). Values are never None: ml_collections
 cannot override a None field from the command line.
 
 Light on purpose (no JAX): config files import it.
@@ -43,7 +44,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         ratio_clip=(0.1, 20.0), ratio_bins=10, ratio_ema=0.0, normalize_ratio=True,
         normalize_h=True, dm_normalize=True, gen_steps=1, sigma_data=0.0,
         init_from_teacher=True, lr_generator=0.0, lr_fake_score=0.0,
-        lr_discriminator=0.0),
+        lr_discriminator=0.0, head_width=64, class_conditional=False,
+        teacher_cfg_scale=1.0),
     'ebm': dict(
         estimator='jarzynski', num_walkers=1000, step_size=0.1, ula_steps=1, cd_steps=1,
         resampler='systematic', resample_threshold=0.5, energy_reg=0.0, param_lr_scale={}),
@@ -74,8 +76,11 @@ def _dependent(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     objective = lookup('distillation objective', given.get('objective', 'f_distill'),
                        DISTILL_OBJECTIVES)
     out = dict(objective)
+    # A head on the fake score shares its backbone with the DSM loss: DMD2 weights the
+    # classification loss 1e-2 against it. Elsewhere the weight only scales the
+    # discriminator's own gradients.
     disc_head = given.get('disc_head', out['disc_head'])
-    out['disc_weight'] = 1.0 if disc_head == 'separate' else 1e-2
+    out['disc_weight'] = 1e-2 if disc_head == 'fake_score' else 1.0
     return out
   if name == 'flow_matching':
     return {'t_eps': 1e-3 if given.get('gamma', 'none') == 'sqrt' else 0.0}

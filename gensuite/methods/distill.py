@@ -4,12 +4,12 @@
   config.teacher = dict(analytic='data')          # or workdir='runs/edm_digits'
   method = Distill(config, data_spec)
   state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
-  x = method.sample(state, rng, 2000, steps=1)    # one NFE
+  x = method.sample(state, rng, 2000, steps=1)    # one NFE (label=... when conditional)
 
 Three networks live in one TrainState: params = {'generator', 'fake_score',
-'discriminator'} (the last only with a separate discriminator), one optax transform
-each (config.optim, with per-net learning rates config.method.lr_<net> when > 0),
-and an EMA of the generator only (state.ema[decay] = {'generator': ...}).
+'discriminator'} (the last unless disc_head='none'), one optax transform each
+(config.optim, with per-net learning rates config.method.lr_<net> when > 0), and an
+EMA of the generator only (state.ema[decay] = {'generator': ...}).
 
 The generator is a denoiser G(x, sigma) (ALGORITHMS.md §0, VE frame): one step is
 x0 = G(sigma_max z, sigma_max); with method.gen_steps = K > 1 it is DMD2's few-step
@@ -20,10 +20,31 @@ generator from pure noise). With an analytic teacher the networks are config.net
 MLPs under EDM preconditioning; with a run teacher, generator and fake score are the
 teacher's own network initialised from its EMA weights (as in the papers).
 
-Each train_step runs `fake_updates` updates of the fake score (denoising score
+The discriminator D_psi(x_t, sigma) (method.disc_head) estimates log p_t - log q_t:
+  separate          its own network (method.disc_net or config.net, one output
+                    channel averaged over pixels);
+  fake_score        a FeatureHead (gensuite.nets.heads) on the fake-score network's
+                    bottleneck (MLP: last hidden layer; U-Net: mid block, pooled in the
+                    head), DMD2's choice (Yin et al. 2024, §4.2): the classification
+                    loss also trains the fake score's backbone, weighted by disc_weight
+                    (DMD2: 1e-2) against its DSM loss;
+  teacher_features  the same head on the frozen teacher's bottleneck (FastGen's
+                    f-distill; needs a run teacher);
+  none              no discriminator (DMD).
+It is trained with the logistic (non-saturating GAN) loss softplus(D(fake_t)) +
+softplus(-D(real_t)) on noisy data vs noisy detached student samples at the same sigma
+(t_range of the Karras grid), whose minimiser is D = log p_t - log q_t (Goodfellow
+et al. 2014, Prop. 1); f-distill takes its density ratio r = exp(D) from it, and the
+generator's GAN term is gan_weight * softplus(-D(x_t)).
+
+Each train_step runs `fake_updates` = K updates of the fake score (denoising score
 matching on detached generator samples, EDM weight 1/sigma^2 + 1/sigma_data^2) and
-the discriminator (logistic loss on noisy data vs noisy generator samples) inside one
-lax.scan, then one generator update. Objectives (method.objective):
+the discriminator inside one lax.scan, then one generator update (the two time-scale
+rule, DMD2 §4.1). Fresh data per inner update: the batch the loop hands over is split
+into K equal parts, part k feeding inner update k (config.train.batch_size counts all
+K: it must be a multiple of K, and each inner update and the generator update see
+batch_size / K examples; the configs set batch_size = K x the per-update batch).
+Objectives (method.objective):
   f_distill  generator gradient per sample g = h(r) (D_fake - D_real) / mean|x0 - D_real|
              at x_t = x0 + sigma eps, sigma on the Karras grid between t_range (2%..98%
              of the levels), h(r) = r^2 f''(r) of method.divergence (divergences.py),
@@ -36,12 +57,19 @@ lax.scan, then one generator update. Objectives (method.objective):
              init by the teacher's deterministic Heun sampler (pair_steps levels,
              2 pair_steps - 1 NFE) and kept in state.extra (so in the checkpoints of
              the workdir); Yin et al. 2024 use LPIPS, which needs weights we do not have.
-  dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), GAN head on
-             the fake-score network (disc_head='fake_score': one extra output channel
-             of its last layer, averaged over pixels) and optional backward simulation.
+  dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
+             head on the fake score's bottleneck and optional backward simulation.
 The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
 in x0 is g / x0.size). Logged: every loss, h_mean / h_std (before the batch
 normalisation), r_mean, disc_acc, and at each eval the student's metrics with NFE.
+
+Class-conditional students (method.class_conditional): generator, fake score and
+discriminator take the label; the teacher is guided, D_real = D_null + w (D_label -
+D_null) with w = method.teacher_cfg_scale (classifier-free guidance, Ho & Salimans
+2022; DMD2 §5 distils SD v1.5 at w = 1.75), the fake score never is. Labels come with
+the data, or for an analytic mixture teacher (classes = components) are drawn from
+p(c | x0) (teachers.py). Sampling takes labels, drawn from the teacher's class prior
+when not given (uniform for a run teacher).
 """
 import functools
 import os
@@ -58,9 +86,11 @@ from gensuite.methods import defaults, divergences, optim, teachers
 from gensuite.methods.base import choice, Method
 from gensuite.methods.diffusion import edm_preconditioning
 from gensuite.methods.state import TrainState, ema_name
+from gensuite.nets.heads import FeatureHead
 
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
-DISC_HEADS = ('separate', 'fake_score', 'none')
+DISC_HEADS = ('separate', 'fake_score', 'teacher_features', 'none')
+FEATURE_HEADS = ('fake_score', 'teacher_features')
 NETS = ('generator', 'fake_score', 'discriminator')
 
 
@@ -75,6 +105,15 @@ def _mean_dims(x):
 def pseudo_loss(x0, g):
   """0.5 mean (x0 - sg(x0 - g))^2: its gradient in x0 is g / x0.size."""
   return 0.5 * jnp.mean((x0 - jax.lax.stop_gradient(x0 - g))**2)
+
+
+def split_batch(batch, parts: int):
+  """A batch [n, ...] as `parts` consecutive sub-batches, stacked: [parts, n / parts, ...]."""
+  n = jax.tree.leaves(batch)[0].shape[0]
+  if n % parts:
+    raise ConfigError(f'the batch of {n} examples does not split into method.fake_updates='
+                      f'{parts} equal parts (one per inner update); use a multiple of {parts}')
+  return jax.tree.map(lambda v: v.reshape((parts, n // parts) + v.shape[1:]), batch)
 
 
 def mode_statistics(x, means, weights, stds):
@@ -114,10 +153,16 @@ class Distill(Method):
     self.fake_updates = int(mc.fake_updates)
     if self.fake_updates < 1:
       raise ConfigError(f'method.fake_updates must be >= 1, got {self.fake_updates}')
+    batch_size = int(config.train.batch_size)
+    if batch_size % self.fake_updates:
+      raise ConfigError(f'train.batch_size={batch_size} must be a multiple of '
+                        f'method.fake_updates={self.fake_updates}: each inner update takes '
+                        f'its own 1/{self.fake_updates} of the batch')
     self.disc_head = choice(mc, 'disc_head', DISC_HEADS)
     if self.objective == 'f_distill' and self.disc_head == 'none':
       raise ConfigError("method.objective='f_distill' estimates r with a discriminator; "
-                        "method.disc_head must be 'separate' or 'fake_score'")
+                        "method.disc_head must be one of "
+                        + ', '.join(h for h in DISC_HEADS if h != 'none'))
     self.gan_weight = float(mc.gan_weight)
     self.disc_weight = float(mc.disc_weight)
     self.reg_weight = float(mc.reg_weight)
@@ -126,7 +171,8 @@ class Distill(Method):
                         "method.objective='dmd'")
     if self.gan_weight > 0 and self.disc_head == 'none':
       raise ConfigError('method.gan_weight > 0 needs a discriminator: set '
-                        "method.disc_head to 'separate' or 'fake_score'")
+                        'method.disc_head to one of '
+                        + ', '.join(h for h in DISC_HEADS if h != 'none'))
     self.num_pairs = int(mc.num_pairs)
     self.pair_steps = int(mc.pair_steps)
     self.reg_batch = int(mc.reg_batch)
@@ -172,27 +218,37 @@ class Distill(Method):
     if self.sample_steps > self.gen_steps:
       raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
                         f'student\'s method.gen_steps={self.gen_steps}')
-    # Teacher and networks.
+    # Teacher, classes and networks.
     self.teacher = teachers.build(config, data_spec, load_run)
     self.sigma_data = float(mc.sigma_data or self.teacher.sigma_data)
     self.from_teacher = self.teacher.params is not None and bool(
         mc.init_from_teacher)
-    if self.from_teacher and self.disc_head == 'fake_score':
-      raise ConfigError("method.disc_head='fake_score' adds an output channel, which the "
-                        "teacher's network lacks; use disc_head='separate' with a run "
-                        'teacher (or method.init_from_teacher=False)')
+    if self.disc_head == 'teacher_features' and not self.teacher.has_network:
+      raise ConfigError("method.disc_head='teacher_features' reads the teacher's network, "
+                        'and an analytic teacher has none; use a run teacher '
+                        "(config.teacher.workdir) or disc_head 'fake_score' or 'separate'")
+    self._init_classes(mc, data_spec)
     channels = self.data_shape[-1]
     self.channels = channels
     if not self.from_teacher:
       self.gen_net = nets.build(config.net, data_shape=self.data_shape,
-                                out_dim_or_channels=channels, num_classes=None)
-      extra = 1 if self.disc_head == 'fake_score' else 0
+                                out_dim_or_channels=channels, num_classes=self.num_classes)
       self.fake_net = nets.build(config.net, data_shape=self.data_shape,
-                                 out_dim_or_channels=channels + extra, num_classes=None)
+                                 out_dim_or_channels=channels, num_classes=self.num_classes)
     if self.disc_head == 'separate':
       self.disc_net = nets.build(mc.get('disc_net', None) or config.net,
                                  data_shape=self.data_shape, out_dim_or_channels=1,
-                                 num_classes=None)
+                                 num_classes=self.num_classes)
+    elif self.disc_head in FEATURE_HEADS:
+      width = int(mc.head_width)
+      if width < 1:
+        raise ConfigError(f'method.head_width must be >= 1, got {width}')
+      self.head = FeatureHead(width=width)
+      if not self.from_teacher and not getattr(type(self.fake_net), 'supports_features',
+                                               False):
+        raise ConfigError(f"method.disc_head='fake_score' reads the fake score's features; "
+                          f'net {config.net.name!r} has none (use mlp or unet, or '
+                          "disc_head='separate')")
     num_steps = int(config.train.num_steps)
     self.txs, schedules = {}, {}
     for name in self.net_names:
@@ -204,44 +260,91 @@ class Distill(Method):
       self.txs[name] = optim.build(oc, num_steps)
     self.lr_schedule = schedules['generator']
 
+  def _init_classes(self, mc, data_spec):
+    """Class conditioning: num_classes (None: unconditional) and the teacher's guidance."""
+    self.conditional = bool(mc.class_conditional)
+    self.cfg_scale = float(mc.teacher_cfg_scale)
+    self.num_classes = None
+    if not self.conditional:
+      if self.cfg_scale != 1.0:
+        raise ConfigError(f'method.teacher_cfg_scale={self.cfg_scale} guides a '
+                          'class-conditional teacher; set method.class_conditional=True '
+                          '(or the scale to 1)')
+      return
+    classes = self.teacher.num_classes
+    if not classes:
+      raise ConfigError('method.class_conditional needs a class-conditional teacher: a run '
+                        'trained with method.class_conditional=True, or an analytic '
+                        'mixture (its components are the classes)')
+    if data_spec.num_classes is not None and data_spec.num_classes != classes:
+      raise ConfigError(f'the teacher has {classes} classes but data {data_spec.name!r} has '
+                        f'{data_spec.num_classes}')
+    if data_spec.num_classes is None and not hasattr(self.teacher, 'draw_labels'):
+      raise ConfigError(f'method.class_conditional needs labelled data; data '
+                        f'{data_spec.name!r} has no classes')
+    self.num_classes = int(classes)
+
   @property
   def net_names(self):
-    return NETS if self.disc_head == 'separate' else NETS[:2]
+    return NETS if self.disc_head != 'none' else NETS[:2]
 
   # ---- networks ------------------------------------------------------------------
 
-  def _local(self, net, params, x, sigma):
-    """EDM-preconditioned denoiser c_skip x + c_out F(c_in x, c_noise), extra channels."""
+  def _local(self, net, params, x, sigma, label=None, features=False):
+    """EDM-preconditioned denoiser c_skip x + c_out F(c_in x, c_noise) [and features]."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
     c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
-    out = net.apply({'params': params}, _bcast(c_in, x) * x, c_noise)
-    c = self.channels
-    d = _bcast(c_skip, x) * x + _bcast(c_out, x) * out[..., :c]
-    return d, out[..., c:]
+    out = net.apply({'params': params}, _bcast(c_in, x) * x, c_noise, label=label,
+                    return_features=features)
+    out, feats = out if features else (out, None)
+    d = _bcast(c_skip, x) * x + _bcast(c_out, x) * out
+    return (d, feats) if features else d
 
-  def generator(self, params, x, sigma):
+  def generator(self, params, x, sigma, label=None):
     if self.from_teacher:
-      return self.teacher.apply(params, x, sigma)
-    return self._local(self.gen_net, params, x, sigma)[0]
+      return self.teacher.apply(params, x, sigma, label)
+    return self._local(self.gen_net, params, x, sigma, label)
 
-  def fake_denoiser(self, params, x, sigma):
-    """(D_fake(x, sigma), logit or None) where the GAN head sits on the fake score."""
+  def fake_denoiser(self, params, x, sigma, label=None, features=False):
+    """D_fake(x, sigma), or (D_fake, bottleneck features) with features=True."""
     if self.from_teacher:
-      return self.teacher.apply(params, x, sigma), None
-    d, extra = self._local(self.fake_net, params, x, sigma)
-    if self.disc_head == 'fake_score':
-      return d, _mean_dims(extra)
-    return d, None
+      return self.teacher.apply(params, x, sigma, label, features=features)
+    return self._local(self.fake_net, params, x, sigma, label, features)
 
-  def logit(self, params, x, sigma):
-    """Discriminator logit, an estimate of log p_t(x) - log q_t(x)."""
+  def features(self, params, x, sigma, label=None):
+    """The bottleneck the feature head reads: the fake score's or the teacher's."""
     if self.disc_head == 'fake_score':
-      return self.fake_denoiser(params['fake_score'], x, sigma)[1]
+      return self.fake_denoiser(params['fake_score'], x, sigma, label, features=True)[1]
+    return self.teacher.apply(self.teacher.params, x, sigma, label, features=True)[1]
+
+  def logit(self, params, x, sigma, label=None):
+    """Discriminator logit D_psi(x, sigma), an estimate of log p_t(x) - log q_t(x)."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
     _, _, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
+    if self.disc_head in FEATURE_HEADS:
+      feats = self.features(params, x, sigma, label)
+      return self.head.apply({'params': params['discriminator']}, feats, c_noise)
     out = self.disc_net.apply({'params': params['discriminator']}, _bcast(c_in, x) * x,
-                              c_noise)
+                              c_noise, label=label)
     return _mean_dims(out)
+
+  def labels(self, batch, rng):
+    """The labels of a real batch (None when unconditional): the data's, or for an
+    analytic mixture teacher a draw from p(c | x0)."""
+    if not self.conditional:
+      return None
+    if 'label' in batch:
+      return jnp.asarray(batch['label'], jnp.int32)
+    return self.teacher.draw_labels(rng, batch['x'])
+
+  def sample_labels(self, rng, num):
+    """num labels from the teacher's class prior (uniform when it has none)."""
+    prior = getattr(self.teacher, 'class_prior', None)
+    if prior is None:
+      return jax.random.randint(rng, (num,), 0, self.num_classes)
+    with np.errstate(divide='ignore'):
+      log_prior = jnp.asarray(np.log(np.asarray(prior, np.float64)), jnp.float32)
+    return jax.random.categorical(rng, log_prior, shape=(num,))
 
   def sample_sigma(self, rng, n, full=False):
     """sigma on the Karras grid, index uniform in t_range (or the full grid); and bin."""
@@ -250,7 +353,7 @@ class Distill(Method):
     bins = jnp.minimum((i - lo) * self.ratio_bins // (hi - lo + 1), self.ratio_bins - 1)
     return jnp.asarray(self.levels)[i], bins
 
-  def generate(self, gen_params, z, rng=None, k=None):
+  def generate(self, gen_params, z, rng=None, k=None, label=None):
     """x0 at student step k (backward simulation from pure noise; k=None: last step).
 
     With k given, the steps before k run without gradient and the last one with it.
@@ -260,25 +363,28 @@ class Distill(Method):
     x = sig[0] * z
     if self.gen_steps > 1:
       def body(j, x):
-        x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j]))
+        x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j], label))
         eps = jax.random.normal(jax.random.fold_in(rng, j), x.shape, x.dtype)
         return x0 + sig[j + 1] * eps
       x = jax.lax.fori_loop(0, k, body, x)
-    return self.generator(gen_params, x, sig[k])
+    return self.generator(gen_params, x, sig[k], label)
 
   # ---- losses --------------------------------------------------------------------
 
   def fake_loss(self, trainable, gen_params, batch, rng):
-    """DSM of the fake score on detached generator samples, plus the discriminator loss."""
+    """DSM of the fake score on detached generator samples, plus the discriminator loss.
+
+    `batch` is this inner update's own part of the step's batch (see train_step)."""
     real = batch['x']
     n = real.shape[0]
-    k_z, k_sim, k_k, k_s, k_e, k_sd, k_e2, k_e3 = jax.random.split(rng, 8)
+    k_z, k_sim, k_k, k_s, k_e, k_sd, k_e2, k_e3, k_lab = jax.random.split(rng, 9)
+    label = self.labels(batch, k_lab)
     z = jax.random.normal(k_z, real.shape, real.dtype)
     k = jax.random.randint(k_k, (), 0, self.gen_steps)
-    x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k))
+    x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k, label))
     sigma, _ = self.sample_sigma(k_s, n, full=True)
     x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, x0.shape, x0.dtype)
-    d_fake, _ = self.fake_denoiser(trainable['fake_score'], x_t, sigma)
+    d_fake = self.fake_denoiser(trainable['fake_score'], x_t, sigma, label)
     weight = 1.0 / sigma**2 + 1.0 / self.sigma_data**2
     dsm = jnp.mean(weight * _mean_dims((d_fake - x0)**2))
     metrics = {'fake_score_loss': dsm}
@@ -287,8 +393,8 @@ class Distill(Method):
       sd, _ = self.sample_sigma(k_sd, n)
       fake_t = x0 + _bcast(sd, x0) * jax.random.normal(k_e2, x0.shape, x0.dtype)
       real_t = real + _bcast(sd, real) * jax.random.normal(k_e3, real.shape, real.dtype)
-      l_fake = self.logit(trainable, fake_t, sd)
-      l_real = self.logit(trainable, real_t, sd)
+      l_fake = self.logit(trainable, fake_t, sd, label)
+      l_real = self.logit(trainable, real_t, sd, label)
       disc = jnp.mean(jax.nn.softplus(l_fake)) + jnp.mean(jax.nn.softplus(-l_real))
       loss = loss + self.disc_weight * disc
       metrics['disc_loss'] = disc
@@ -312,20 +418,26 @@ class Distill(Method):
     """The generator's objective; returns (loss, (metrics, new running ratio means))."""
     shape = batch['x'].shape
     n = shape[0]
-    k_z, k_sim, k_k, k_s, k_e, k_reg = jax.random.split(rng, 6)
+    k_z, k_sim, k_k, k_s, k_e, k_reg, k_lab = jax.random.split(rng, 7)
+    label = self.labels(batch, k_lab)
     z = jax.random.normal(k_z, shape, jnp.float32)
     k = jax.random.randint(k_k, (), 0, self.gen_steps)
-    x0 = self.generate(gen_params, z, k_sim, k)
+    x0 = self.generate(gen_params, z, k_sim, k, label)
     sigma, bins = self.sample_sigma(k_s, n)
     x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, shape, x0.dtype)
     x_t_sg = jax.lax.stop_gradient(x_t)
-    d_real = jax.lax.stop_gradient(self.teacher.denoiser(x_t_sg, sigma))
-    d_fake = jax.lax.stop_gradient(self.fake_denoiser(others['fake_score'], x_t_sg, sigma)[0])
+    d_real = jax.lax.stop_gradient(self.teacher.denoiser(x_t_sg, sigma, label,
+                                                         self.cfg_scale))
+    d_fake = jax.lax.stop_gradient(self.fake_denoiser(others['fake_score'], x_t_sg, sigma,
+                                                      label))
     metrics = {}
     running = extra['ratio_mean']
+    logit = None
+    if self.objective == 'f_distill' or self.gan_weight > 0:
+      # One evaluation serves both: sg(logit) for r, logit itself for the GAN term.
+      logit = self.logit(others, x_t if self.gan_weight > 0 else x_t_sg, sigma, label)
     if self.objective == 'f_distill':
-      logit = jax.lax.stop_gradient(self.logit(others, x_t_sg, sigma))
-      r, running = self.ratio(logit, bins, running)
+      r, running = self.ratio(jax.lax.stop_gradient(logit), bins, running)
       h = self.h_fn(r)
       metrics.update(r_mean=jnp.mean(r), h_mean=jnp.mean(h), h_std=jnp.std(h))
       if self.normalize_h:
@@ -341,7 +453,7 @@ class Distill(Method):
     metrics['dm_loss'] = dm
     loss = dm
     if self.gan_weight > 0:
-      gan = jnp.mean(jax.nn.softplus(-self.logit(others, x_t, sigma)))
+      gan = jnp.mean(jax.nn.softplus(-logit))
       metrics['gan_gen_loss'] = gan
       loss = loss + self.gan_weight * gan
     if self.reg_weight > 0:
@@ -365,16 +477,21 @@ class Distill(Method):
     x = jnp.asarray(batch['x'], jnp.float32)
     k_gen, k_fake, k_disc, k_pairs = jax.random.split(rng, 4)
     sigma = jnp.ones((x.shape[0],), jnp.float32)
+    label = jnp.zeros((x.shape[0],), jnp.int32) if self.conditional else None
     if self.from_teacher:
       params = {'generator': self.teacher.params, 'fake_score': self.teacher.params}
       params = jax.tree.map(jnp.array, params)
     else:
       params = {
-          'generator': self.gen_net.init(k_gen, x, sigma)['params'],
-          'fake_score': self.fake_net.init(k_fake, x, sigma)['params'],
+          'generator': self.gen_net.init(k_gen, x, sigma, label=label)['params'],
+          'fake_score': self.fake_net.init(k_fake, x, sigma, label=label)['params'],
       }
     if self.disc_head == 'separate':
-      params['discriminator'] = self.disc_net.init(k_disc, x, sigma)['params']
+      params['discriminator'] = self.disc_net.init(k_disc, x, sigma, label=label)['params']
+    elif self.disc_head in FEATURE_HEADS:
+      shape = jax.eval_shape(lambda p: self.features(p, x, sigma, label), params)
+      params['discriminator'] = self.head.init(k_disc, jnp.zeros(shape.shape, shape.dtype),
+                                               sigma)['params']
     opt_state = {name: self.txs[name].init(params[name]) for name in self.net_names}
     ema = {ema_name(d): {'generator': jax.tree.map(jnp.array, params['generator'])}
            for d in self.ema_decays}
@@ -389,14 +506,18 @@ class Distill(Method):
     return optax.apply_updates(params, updates), new_opt
 
   def train_step(self, state, batch, rng):
+    """K = fake_updates inner updates, each on its own 1/K of `batch`, then the generator
+    (on batch_size / K fresh noise draws, with the labels of the first part)."""
     k_fake, k_gen = jax.random.split(rng)
     fake_names = [n for n in self.net_names if n != 'generator']
     gen_params = state.params['generator']
+    parts = split_batch(batch, self.fake_updates)
 
-    def fake_update(carry, key):
+    def fake_update(carry, inputs):
       trainable, opt = carry
+      key, part = inputs
       grads, metrics = jax.grad(self.fake_loss, has_aux=True)(trainable, gen_params,
-                                                              batch, key)
+                                                              part, key)
       new, new_opt = {}, {}
       for name in fake_names:
         new[name], new_opt[name] = self._update(name, trainable[name], opt[name],
@@ -407,10 +528,12 @@ class Distill(Method):
     trainable = {n: state.params[n] for n in fake_names}
     opt = {n: state.opt_state[n] for n in fake_names}
     (trainable, opt), fake_metrics = jax.lax.scan(
-        fake_update, (trainable, opt), jax.random.split(k_fake, self.fake_updates))
+        fake_update, (trainable, opt),
+        (jax.random.split(k_fake, self.fake_updates), parts))
     fake_metrics = jax.tree.map(jnp.mean, fake_metrics)
+    gen_batch = jax.tree.map(lambda v: v[0], parts)
     grads, (gen_metrics, running) = jax.grad(self.generator_loss, has_aux=True)(
-        gen_params, trainable, batch, k_gen, state.extra)
+        gen_params, trainable, gen_batch, k_gen, state.extra)
     new_gen, gen_opt = self._update('generator', gen_params, state.opt_state['generator'],
                                     grads)
     ema = {name: {'generator': jax.tree.map(lambda e, p, d=float(name): d * e + (1 - d) * p,
@@ -431,24 +554,40 @@ class Distill(Method):
   def generator_params(self, state, use_ema=True):
     return state.eval_params(use_ema)['generator']
 
-  def sample(self, state, rng, num: int, sampler: str | None = None,
-             steps: int | None = None, use_ema=True, label=None, **unused):
-    """num student samples with `steps` generator evaluations (1 <= steps <= gen_steps).
-
-    The sampler name is ignored: the student is its own sampler.
-    """
-    del sampler, label, unused
+  def sample_with_labels(self, state, rng, num: int, steps: int | None = None,
+                         use_ema=True, label=None):
+    """(x, labels): num student samples with `steps` generator evaluations and the
+    labels they were drawn for (None when unconditional; label=None draws them from
+    the teacher's class prior, an int or [num] array fixes them)."""
     steps = int(steps or self.sample_steps)
     if not 1 <= steps <= self.gen_steps:
       raise ConfigError(f'a distilled student samples with 1..{self.gen_steps} steps '
                         f'(method.gen_steps), got steps={steps}')
+    if label is not None and not self.conditional:
+      raise ConfigError('sampling got a label, but this student is unconditional '
+                        '(method.class_conditional=False)')
     params = self.generator_params(state, use_ema)
-    k_z, k_sim = jax.random.split(rng)
+    k_z, k_sim, k_y = jax.random.split(rng, 3)
+    if self.conditional:
+      label = self.sample_labels(k_y, num) if label is None else jnp.broadcast_to(
+          jnp.asarray(label, jnp.int32), (num,))
     z = jax.random.normal(k_z, (num,) + self.data_shape, jnp.float32)
-    return self.generate(params, z, k_sim, steps - 1)
+    return self.generate(params, z, k_sim, steps - 1, label), label
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=True, label=None, **unused):
+    """num student samples with `steps` generator evaluations (1 <= steps <= gen_steps).
+
+    The sampler name is ignored: the student is its own sampler. A conditional student
+    takes `label` (an int or [num]; None: drawn from the teacher's class prior).
+    """
+    del sampler, unused
+    return self.sample_with_labels(state, rng, num, steps, use_ema, label)[0]
 
   def evaluate(self, state, rng, data, workdir=None):
-    """NFE, and for a mixture teacher the nearest-mode mass error and modes covered.
+    """NFE, and for a mixture teacher the nearest-mode mass error and modes covered
+    (and for a conditional student, label_match: the fraction of samples whose nearest
+    mode is their label's).
 
     With DMD's paired data it also writes the pairs to workdir/dmd_pairs.npz once.
     """
@@ -461,7 +600,16 @@ class Distill(Method):
     mixture = getattr(self.teacher, 'mixture', None)
     if mixture is not None:
       num = int(self.config.eval.num_samples)
-      x = jax.jit(functools.partial(self.sample, num=num))(state, rng)
+      x, label = jax.jit(functools.partial(self.sample_with_labels, num=num))(state, rng)
       tv, covered, _ = mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
       scalars.update(mode_mass_tv=tv, modes_covered=covered)
+      if label is not None:
+        scalars['label_match'] = label_match(x, label, mixture.means)
     return scalars, {}
+
+
+def label_match(x, label, means):
+  """The fraction of samples x [n, d] whose nearest mean is means[label]."""
+  x, means = np.asarray(x, np.float64), np.asarray(means, np.float64)
+  dist = ((x[:, None, :] - means[None])**2).sum(-1)
+  return float(np.mean(np.argmin(dist, axis=1) == np.asarray(label)))

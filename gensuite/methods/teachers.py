@@ -17,11 +17,28 @@
                    in the VE frame. A RunTeacher also lends its architecture:
                    `apply(params, x, sigma)` runs the teacher's network with other
                    weights, so students and fake scores can start from `params`.
+
+Class-conditional teachers (config.method.class_conditional): `label` [B] picks the
+classes and cfg_scale w applies classifier-free guidance to the teacher, D = D_null +
+w (D_label - D_null) (Ho & Salimans 2022; DMD2 distils SD v1.5 at w = 1.75). A run
+teacher is conditional when its method is (diffusion's class_conditional); an
+analytic teacher's classes are its mixture components, p(x | c) = N(mu_c, diag s_c^2),
+the null label being the whole mixture, and since toy data carry no labels a real
+sample's label is drawn from its component posterior p(c | x0) (`draw_labels`), which
+makes (x0, c) an exact draw of the joint. `num_classes` (None: unconditional) and
+`class_prior` (None: uniform) say what a student samples labels from.
+
+Features (the discriminator head disc_head='teacher_features', FastGen's choice):
+`apply(params, x, sigma, features=True)` returns (D, features of the network's first
+call): the bottleneck the nets return with return_features=True (gensuite.nets), read
+through a flax method interceptor so the teacher's own method (whatever its
+formulation) is called unchanged.
 """
 import math
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +61,10 @@ def pf_ode_sample(denoiser, z: jax.Array, sigma_max: float, sigma_min: float = 0
 
 
 class AnalyticTeacher:
-  """The exact denoiser of a Gaussian mixture (toy.GaussianMixture)."""
+  """The exact denoiser of a Gaussian mixture (toy.GaussianMixture); its components
+  are the classes of a class-conditional student."""
+
+  has_network = False
 
   def __init__(self, mixture):
     self.mixture = mixture
@@ -52,23 +72,72 @@ class AnalyticTeacher:
     cov = np.asarray(mixture.cov)
     self.sigma_data = float(math.sqrt(np.trace(cov) / mixture.dim))
     self.params = None
+    self.num_classes = int(mixture.num_components)
+    self.class_prior = np.asarray(mixture.weights, np.float32)
 
-  def denoiser(self, x: jax.Array, sigma, label=None) -> jax.Array:
-    del label
+  def class_denoiser(self, x: jax.Array, sigma, label: jax.Array) -> jax.Array:
+    """E[x0 | x, c] = mu_c + s_c^2 / (s_c^2 + sigma^2) (x - mu_c): one Gaussian."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
-    return self.mixture.noisy_denoiser(x, sigma)
+    mu, std = self.mixture.means[label], self.mixture.stds[label]
+    shrink = std**2 / (std**2 + sigma[:, None]**2)
+    return mu + shrink * (x - mu)
 
-  def score(self, x: jax.Array, sigma, label=None) -> jax.Array:
+  def denoiser(self, x: jax.Array, sigma, label=None, cfg_scale: float = 1.0) -> jax.Array:
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+    if label is None:
+      return self.mixture.noisy_denoiser(x, sigma)
+    d = self.class_denoiser(x, sigma, label)
+    if cfg_scale == 1.0:
+      return d
+    null = self.mixture.noisy_denoiser(x, sigma)
+    return null + cfg_scale * (d - null)
+
+  def score(self, x: jax.Array, sigma, label=None, cfg_scale: float = 1.0) -> jax.Array:
     sigma = jnp.asarray(sigma, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-    return (self.denoiser(x, sigma.reshape(-1), label) - x) / sigma**2
+    return (self.denoiser(x, sigma.reshape(-1), label, cfg_scale) - x) / sigma**2
+
+  def draw_labels(self, rng: jax.Array, x0: jax.Array) -> jax.Array:
+    """c ~ p(c | x0) proportional to w_c N(x0; mu_c, diag s_c^2): with x0 ~ p, an
+    exact draw of the joint (x0, c) (labels for unlabelled toy data)."""
+    var = self.mixture.stds**2                                         # [K, d]
+    diff = x0[:, None, :] - self.mixture.means[None]                   # [B, K, d]
+    log_n = -0.5 * jnp.sum(diff**2 / var + jnp.log(var), axis=-1)      # [B, K]
+    with np.errstate(divide='ignore'):
+      log_w = jnp.asarray(np.log(self.class_prior))
+    return jax.random.categorical(rng, log_w + log_n, axis=-1)
 
   def sample(self, z: jax.Array, sigma_max: float = 80.0,
              steps: int = 18) -> tuple[jax.Array, int]:
     return pf_ode_sample(self.denoiser, z, sigma_max, steps=steps)
 
 
+def call_with_features(fn):
+  """(fn(), features): fn's first call of a network that can return features
+  (gensuite.nets: `supports_features`) is made with return_features=True; fn sees
+  only the usual output. ConfigError if fn calls no such network."""
+  found = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    if (context.method_name == '__call__' and not found
+        and getattr(type(context.module), 'supports_features', False)):
+      out, features = next_fun(*args, **dict(kwargs, return_features=True))
+      found.append(features)
+      return out
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    out = fn()
+  if not found:
+    raise ConfigError("the teacher's network returns no features (gensuite.nets mlp "
+                      "and unet do); use method.disc_head='separate' or 'fake_score'")
+  return out, found[0]
+
+
 class RunTeacher:
   """A trained diffusion or flow-matching run, frozen at its EMA weights."""
+
+  has_network = True
+  class_prior = None  # uniform over num_classes
 
   def __init__(self, workdir: str, load_run):
     self.workdir = workdir
@@ -78,22 +147,38 @@ class RunTeacher:
     self.data_shape = tuple(self.run.experiment.data.spec.shape)
     self.sigma_data = float(self.run.config.method.get('sigma_data', 0.5))
     self.params = self.run.state.eval_params(True)
+    conditional = bool(getattr(self.method, 'conditional', False))
+    self.num_classes = self.run.experiment.data.spec.num_classes if conditional else None
 
-  def apply(self, params: Any, x: jax.Array, sigma, label=None) -> jax.Array:
-    """The teacher's network with `params`, one sigma per example (vmapped)."""
+  def apply(self, params: Any, x: jax.Array, sigma, label=None, cfg_scale: float = 1.0,
+            features: bool = False):
+    """The teacher's network with `params`, one sigma (and label) per example.
+
+    Returns D [B, ...], or (D, features [B, ...]) with features=True: those of the
+    method's first network call, so ask for them unguided (cfg_scale = 1), as
+    distillation does.
+    """
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
 
-    def one(xi, si):
-      return self.method.denoiser_fn(params, label)(xi[None], si)[0]
+    def one(xi, si, li):
+      lab = None if li is None else li[None]
+      call = lambda: self.method.denoiser_fn(params, lab, cfg_scale)(xi[None], si)
+      if not features:
+        return call()[0]
+      d, f = call_with_features(call)
+      return d[0], f[0]
 
-    return jax.vmap(one)(x, sigma)
+    if label is None:
+      return jax.vmap(lambda xi, si: one(xi, si, None))(x, sigma)
+    label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), x.shape[:1])
+    return jax.vmap(one)(x, sigma, label)
 
-  def denoiser(self, x: jax.Array, sigma, label=None) -> jax.Array:
-    return self.apply(self.params, x, sigma, label)
+  def denoiser(self, x: jax.Array, sigma, label=None, cfg_scale: float = 1.0) -> jax.Array:
+    return self.apply(self.params, x, sigma, label, cfg_scale)
 
-  def score(self, x: jax.Array, sigma, label=None) -> jax.Array:
+  def score(self, x: jax.Array, sigma, label=None, cfg_scale: float = 1.0) -> jax.Array:
     sigma = jnp.asarray(sigma, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-    return (self.denoiser(x, sigma.reshape(-1), label) - x) / sigma**2
+    return (self.denoiser(x, sigma.reshape(-1), label, cfg_scale) - x) / sigma**2
 
   def sample(self, z: jax.Array, sigma_max: float = 80.0,
              steps: int = 18) -> tuple[jax.Array, int]:

@@ -3,6 +3,7 @@
   net = TimeMLP(out_dim=2, hidden=256, depth=3)
   params = net.init(rng, x, t)['params']          # x [B, d], t [B] (or a scalar)
   v = net.apply({'params': params}, x, t)          # [B, out_dim]
+  v, h = net.apply({'params': params}, x, t, return_features=True)  # h [B, hidden]
 
 Design: the condition c = TimeEmbedding(t) (+ LabelEmbedding(label)) modulates every
 hidden layer by FiLM, h <- act(Dense(h) * (1 + scale(c)) + shift(c)). Feeding the
@@ -11,6 +12,11 @@ velocity field changes shape with t (a near-linear map at t = 0, a sharp field a
 t = 1), and a multiplicative gate lets one set of hidden units serve all times.
 Hidden layers after the first are residual, so depth can grow without hurting
 optimization at the small widths toy problems use.
+
+Features: with return_features=True the call also returns the last hidden layer h
+[B, hidden] (the input of the output layer), which a classifier head can read (the
+distillation discriminator's "bottleneck" for vector data, gensuite.methods.distill).
+The default output and the parameter tree are the same either way.
 """
 import flax.linen as nn
 import jax
@@ -42,10 +48,12 @@ class TimeMLP(nn.Module):
   activation: str = 'silu'
   time_scale: float = 1000.0
   dropout: float = 0.0
+  # Calls accept return_features=True (see the module docstring).
+  supports_features = True
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, label: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, return_features: bool = False):
     act = get_activation(self.activation)
     batch = x.shape[0]
     c = TimeEmbedding(self.hidden, sinusoid_dim=self.emb_dim, scale=self.time_scale,
@@ -62,4 +70,5 @@ class TimeMLP(nn.Module):
       z = nn.Dropout(self.dropout, deterministic=not train)(z)
       # The first layer changes width (d -> hidden), so it cannot be residual.
       h = z if i == 0 else h + z
-    return nn.Dense(self.out_dim, name='out')(h)
+    out = nn.Dense(self.out_dim, name='out')(h)
+    return (out, h) if return_features else out

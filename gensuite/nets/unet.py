@@ -3,6 +3,7 @@
   net = UNet(out_channels=3, channels=128, channel_mult=(1, 2, 2, 2))
   params = net.init({'params': rng, 'dropout': rng}, x, t)['params']  # x [B,H,W,C]
   out = net.apply({'params': params}, x, t, label=None)                # [B,H,W,3]
+  out, mid = net.apply({'params': params}, x, t, return_features=True)  # mid [B,h,w,C]
 
 Structure (Song et al.'s DDPM++ / Ho et al.'s DDPM, simplified):
   emb = MLP(sinusoid(t)) [+ Embed(label)]       one vector per example, width emb_dim
@@ -23,6 +24,11 @@ Resolutions. A level halves the resolution only when H and W are even and the
 result is at least 2, so any channel_mult works at any size: 8x8 with (1, 2, 2)
 runs at 8, 4, 2; 28x28 with (1, 2, 2, 2) at 28, 14, 7, 7. For 8x8 digits use
 channel_mult=(1, 2). attn_resolutions name the H of the levels that get attention.
+
+Features: with return_features=True the call also returns the mid block's output
+[B, h, w, C] (the bottleneck: lowest resolution, widest), which DMD2 puts its GAN
+classifier on (gensuite.methods.distill pools it in its head). The default output and
+the parameter tree are the same either way.
 
 Class conditioning: with num_classes set, the label embedding has num_classes + 1
 rows; index num_classes (and label=None) is the null label for classifier-free
@@ -120,10 +126,12 @@ class UNet(nn.Module):
   groups: int | None = None
   num_heads: int = 1
   time_scale: float = 1000.0
+  # Calls accept return_features=True (see the module docstring).
+  supports_features = True
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, label: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, return_features: bool = False):
     if x.ndim != 4:
       raise ValueError(f'UNet wants images [B, H, W, C], got shape {x.shape}')
     batch = x.shape[0]
@@ -164,6 +172,7 @@ class UNet(nn.Module):
     h = res(h, width, 'mid_res_0')
     h = attn(h, 'mid_attn')
     h = res(h, width, 'mid_res_1')
+    mid = h
 
     for level in reversed(range(len(self.channel_mult))):
       width = self.channels * self.channel_mult[level]
@@ -180,4 +189,5 @@ class UNet(nn.Module):
     assert not skips, len(skips)
 
     h = nn.silu(nn.GroupNorm(default_groups(h.shape[-1], self.groups), name='norm_out')(h))
-    return nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, name='conv_out')(h)
+    out = nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, name='conv_out')(h)
+    return (out, mid) if return_features else out
