@@ -56,3 +56,22 @@ def tree_hash(path):
       with open(p, 'rb') as f:
         h.update(f.read())
   return h.hexdigest()
+
+
+def final_leaves(workdir):
+  """(step, the restored state's leaves as numpy) of a run's newest checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import gensuite  # pylint: disable=g-import-not-at-top
+  run = gensuite.load_run(workdir)
+  return run.step, [np.asarray(x) for x in jax.tree.leaves(run.state)]
+
+
+def checkpoint_steps(workdir):
+  """The committed checkpoint steps of a run."""
+  from gensuite.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import losses, run_cli
+from conftest import checkpoint_steps, losses, run_cli
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
 # The schedule decays over num_steps, so the reference run is configured for the 30
@@ -58,15 +58,6 @@ def _copy(trained, tmp_path, truncate=False):
   return workdir
 
 
-def _steps(workdir):
-  from gensuite.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  try:
-    return ckpt.all_steps()
-  finally:
-    ckpt.close()
-
-
 def test_train_resumes_from_the_newest_readable_step_and_moves_the_bad_one(trained,
                                                                           tmp_path):
   workdir = _copy(trained, tmp_path)
@@ -83,7 +74,7 @@ def test_train_resumes_from_the_newest_readable_step_and_moves_the_bad_one(train
   got, want = losses(workdir), losses(trained)
   assert sorted(got) == [5, 10, 15, 20, 25, 30]
   assert {s: got[s] for s in want} == want
-  assert _steps(workdir) == [10, 20, 30]
+  assert checkpoint_steps(workdir) == [10, 20, 30]
   import gensuite  # pylint: disable=g-import-not-at-top
   assert gensuite.load_run(workdir).step == 30
 

@@ -19,19 +19,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, losses, run_cli, tree_hash
+from conftest import REPO, cli_env, final_leaves, losses, run_cli, tree_hash
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
 # As in test_resume: checkpoints at 10, 20 and 30, every one kept.
 ARGS = [f'--config={TOY}', '--config.train.num_steps=30', '--config.train.ckpt_every=10',
         '--config.train.eval_every=0', '--config.train.keep_checkpoints=5']
-
-
-def _leaves(workdir):
-  import jax  # pylint: disable=g-import-not-at-top
-  import gensuite  # pylint: disable=g-import-not-at-top
-  run = gensuite.load_run(workdir)
-  return run.step, [np.asarray(x) for x in jax.tree.leaves(run.state)]
 
 
 def _ckpt_entries(workdir):
@@ -67,7 +60,7 @@ def _wait_for(path, proc, timeout=120):
 
 def _assert_same_as_reference(reference, workdir):
   _, (step_a, leaves_a), losses_a = reference
-  step_b, leaves_b = _leaves(workdir)
+  step_b, leaves_b = final_leaves(workdir)
   assert step_a == step_b == 30
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
@@ -81,7 +74,7 @@ def _assert_same_as_reference(reference, workdir):
 def reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('faults') / 'alone')
   run_cli('train', f'--workdir={workdir}', *ARGS)
-  return workdir, _leaves(workdir), losses(workdir)
+  return workdir, final_leaves(workdir), losses(workdir)
 
 
 # ---- two trainers, stale locks ------------------------------------------------------
@@ -314,7 +307,7 @@ def test_real_full_tmpfs_then_more_space_resumes_bitwise(tmp_path):
     assert _ckpt_entries(workdir) == ['10']
     subprocess.run(['mount', '-o', 'remount,size=16m', str(mnt)], check=True)
     run_cli('train', f'--workdir={workdir}', *args)
-    (step_a, leaves_a), (step_b, leaves_b) = _leaves(alone), _leaves(workdir)
+    (step_a, leaves_a), (step_b, leaves_b) = final_leaves(alone), final_leaves(workdir)
     assert step_a == step_b == 30
     for x, y in zip(leaves_a, leaves_b):
       np.testing.assert_array_equal(x, y)

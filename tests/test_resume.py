@@ -13,34 +13,18 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import losses, run_cli
+from conftest import checkpoint_steps, final_leaves, losses, run_cli
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
 ARGS = [f'--config={TOY}', '--config.train.num_steps=30', '--config.train.ckpt_every=10',
         '--config.train.eval_every=0', '--config.train.keep_checkpoints=5']
 
 
-def _leaves(workdir):
-  import jax  # pylint: disable=g-import-not-at-top
-  import gensuite  # pylint: disable=g-import-not-at-top
-  run = gensuite.load_run(workdir)
-  return run.step, [np.asarray(x) for x in jax.tree.leaves(run.state)]
-
-
-def _steps(workdir):
-  from gensuite.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  try:
-    return ckpt.all_steps()
-  finally:
-    ckpt.close()
-
-
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('resume') / 'full')
   run_cli('train', f'--workdir={workdir}', *ARGS)
-  return workdir, _leaves(workdir), losses(workdir)
+  return workdir, final_leaves(workdir), losses(workdir)
 
 
 def _kill_and_resume(workdir, env):
@@ -52,7 +36,7 @@ def _kill_and_resume(workdir, env):
 def _assert_same_as(reference, workdir):
   _, (step_a, leaves_a), losses_a = reference
   run_cli('train', f'--workdir={workdir}', *ARGS)
-  step_b, leaves_b = _leaves(workdir)
+  step_b, leaves_b = final_leaves(workdir)
   assert step_a == step_b == 30
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
@@ -60,7 +44,7 @@ def _assert_same_as(reference, workdir):
   assert losses(workdir) == losses_a
   entries = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert not [e for e in entries if 'tmp' in e], entries  # leftovers were discarded
-  assert _steps(workdir) == [10, 20, 30]
+  assert checkpoint_steps(workdir) == [10, 20, 30]
 
 
 def test_sigkill_after_a_step_then_resume_is_bitwise_equal(reference, tmp_path):
@@ -73,7 +57,7 @@ def test_sigkill_after_a_step_then_resume_is_bitwise_equal(reference, tmp_path):
   os.remove(os.path.join(ckpt_dir, '20', 'commit_success.txt'))
   shutil.copytree(os.path.join(ckpt_dir, '10'),
                   os.path.join(ckpt_dir, '30.orbax-checkpoint-tmp-1234'))
-  assert _steps(killed) == [10]
+  assert checkpoint_steps(killed) == [10]
   _assert_same_as(reference, killed)
 
 
@@ -82,7 +66,7 @@ def test_sigkill_during_a_checkpoint_save_then_resume_is_bitwise_equal(reference
   entries = _kill_and_resume(killed, {'GENSUITE_FAULT_KILL_IN_SAVE_AT_STEP': 20})
   assert entries[0] == '10' and len(entries) == 2, entries
   assert entries[1].startswith('20.orbax-checkpoint-tmp'), entries  # cut short mid-save
-  assert _steps(killed) == [10]
+  assert checkpoint_steps(killed) == [10]
   _assert_same_as(reference, killed)
 
 
