@@ -55,7 +55,7 @@ def scores(mixture, sampler, num, seeds):
     x = np.asarray(sampler(jax.random.fold_in(key, 0), num))
     ref = np.asarray(mixture.sample(jax.random.fold_in(key, 1), num))
     mmd = distances.mmd2_unbiased(x, ref, distances.median_bandwidth(ref))
-    tv, covered, _ = distill.mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
+    tv, covered, _ = distances.mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
     dist = np.sqrt(((x[:, None, :] - np.asarray(mixture.means)[None])**2).sum(-1))
     radius = 3.0 * np.asarray(mixture.stds)[:, 0]
     on_mode = float(np.mean(np.any(dist <= radius[None], axis=1)))

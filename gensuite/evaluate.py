@@ -40,6 +40,7 @@ def evaluate(exp, state, step: int, writer=None,
   reference = exp.data.reference(k_ref, ec.num_samples)
   results = metrics_lib.evaluate(tuple(ec.metrics), k_metric, samples, reference,
                                  log_prob=exp.data.log_prob, workdir=workdir,
+                                 mixture=getattr(exp.data, 'dist', None),
                                  **metrics_lib.eval_options(ec))
   results = {f'eval/{k}': float(v) for k, v in results.items()}
   results['eval/sample_seconds'] = sample_time

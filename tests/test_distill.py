@@ -17,6 +17,7 @@ from gensuite import nets
 from gensuite.errors import ConfigError
 from gensuite.methods import distill, divergences
 from gensuite.methods.base import Method
+from gensuite.metrics import distances
 
 N_SAMPLES = 200_000
 
@@ -546,7 +547,7 @@ def test_analytic_teacher_score_and_heun_sampler():
   np.testing.assert_allclose(teacher.score(x, sigma), want, rtol=1e-4, atol=1e-5)
   y, nfe = teacher.sample(jax.random.normal(jax.random.PRNGKey(1), (4000, 2)), 80.0, 18)
   assert nfe == 35
-  tv, covered, _ = distill.mode_statistics(y, mixture.means, mixture.weights, mixture.stds)
+  tv, covered, _ = distances.mode_statistics(y, mixture.means, mixture.weights, mixture.stds)
   assert tv < 0.03 and covered == 8, (tv, covered)
 
 

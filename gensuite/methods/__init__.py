@@ -20,7 +20,12 @@ METHODS = {
     'diffusion': 'gensuite.methods.diffusion:Diffusion',
     'ebm': 'gensuite.methods.ebm:EBM',
     'vae': 'gensuite.methods.vae:VAE',
+    'meanflow': 'gensuite.methods.flow_maps:MeanFlow',
+    'scm': 'gensuite.methods.flow_maps:SCM',
+    'shortcut': 'gensuite.methods.flow_maps:Shortcut',
 }
+# The families whose configs live together in configs/flow_maps/.
+FLOW_MAPS = ('meanflow', 'scm', 'shortcut')
 
 
 def get_class(name: str):

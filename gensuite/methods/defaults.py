@@ -54,6 +54,20 @@ SECTIONS: dict[str, dict[str, Any]] = {
         beta=1.0, kl_warmup_steps=0, balance_decay=0.99, balance_init_mse=1.0,
         num_bins=256, iwae_k=(1, 64), iwae_chunk=100, eval_examples=500, eval_batch=100,
         eval_split=''),
+    # Flow maps (gensuite.methods.flow_maps; ALGORITHMS.md §10). MeanFlow: the JAX
+    # code's (t, r) sampler and p = 1, c = 0.01; sCM: FastGen's sCT settings.
+    'meanflow': dict(
+        time_mean=-0.4, time_std=1.0, equal_fraction=0.75, adaptive_p=1.0, adaptive_c=0.01,
+        cfg_omega=1.0, cfg_kappa=0.0, cfg_t_range=(0.0, 1.0), class_conditional=False,
+        label_dropout=0.0),
+    'scm': dict(
+        training='sct', sigma_data=0.5, p_mean=-1.0, p_std=1.4, tangent_warmup=10000,
+        tangent_norm_c=0.1, prior_weighting='tan', sigma_max=80.0, mid_t=1.1,
+        weight_hidden=64, class_conditional=False, label_dropout=0.0,
+        teacher_cfg_scale=1.0),
+    'shortcut': dict(
+        max_steps=128, bootstrap_every=4, bootstrap_target='online', target_clip=4.0,
+        class_conditional=False, label_dropout=0.0),
 }
 # Fields whose allowed types are wider than their default's type, or that a section
 # may hold without a default (a separate discriminator's own net section).

@@ -86,6 +86,7 @@ from gensuite.methods import defaults, divergences, optim, teachers
 from gensuite.methods.base import choice, Method
 from gensuite.methods.diffusion import edm_preconditioning
 from gensuite.methods.state import TrainState, ema_name
+from gensuite.metrics import distances
 from gensuite.nets.heads import FeatureHead
 
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
@@ -114,25 +115,6 @@ def split_batch(batch, parts: int):
     raise ConfigError(f'the batch of {n} examples does not split into method.fake_updates='
                       f'{parts} equal parts (one per inner update); use a multiple of {parts}')
   return jax.tree.map(lambda v: v.reshape((parts, n // parts) + v.shape[1:]), batch)
-
-
-def mode_statistics(x, means, weights, stds):
-  """How a sample set x [n, d] spreads over the modes of a Gaussian mixture.
-
-  Returns (tv, covered, mass): mass[k] is the fraction of samples whose nearest mean
-  is mode k, tv = 0.5 sum_k |mass_k - weight_k| (total variation to the weights), and
-  a mode is covered when at least 10% of its expected count, 0.1 n weight_k, lies
-  within 3 component stds (root-mean-square over dims) of its mean.
-  """
-  x, means = np.asarray(x, np.float64), np.asarray(means, np.float64)
-  weights = np.asarray(weights, np.float64)
-  radius = 3.0 * np.sqrt(np.mean(np.asarray(stds, np.float64)**2, axis=-1))
-  dist = np.sqrt(((x[:, None, :] - means[None])**2).sum(-1))  # [n, K]
-  mass = np.bincount(np.argmin(dist, axis=1), minlength=len(means)) / len(x)
-  tv = 0.5 * np.abs(mass - weights).sum()
-  near = np.sum(dist <= radius[None, :], axis=0)
-  covered = int(np.sum(near >= 0.1 * len(x) * weights))
-  return float(tv), covered, mass
 
 
 class Distill(Method):
@@ -601,7 +583,7 @@ class Distill(Method):
     if mixture is not None:
       num = int(self.config.eval.num_samples)
       x, label = jax.jit(functools.partial(self.sample_with_labels, num=num))(state, rng)
-      tv, covered, _ = mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
+      tv, covered, _ = distances.mode_statistics(x, mixture.means, mixture.weights, mixture.stds)
       scalars.update(mode_mass_tv=tv, modes_covered=covered)
       if label is not None:
         scalars['label_match'] = label_match(x, label, mixture.means)

@@ -18,6 +18,12 @@ Samples and reference are [n, ...] arrays (flattened to [n, d]). The metrics:
                       precision/recall (k = 3) on the features of a small digits
                       classifier (metrics/features.py), cached under `workdir`
                       (or ~/.cache/gensuite when workdir is None).
+  on_mode, mode_mass_tv, modes_covered
+                      for data drawn from a Gaussian mixture (toy.GaussianMixture,
+                      passed as `mixture`; skipped for other data): the fraction of
+                      samples within 3 stds of a mode, the total variation between
+                      the nearest-mode masses and the weights, and the modes holding
+                      at least 10% of their expected count (distances.mode_statistics).
   fid                 standard FID on the 2048 pool3 features of the FID Inception-v3
                       (nets/inception.py) read from a local weights file, option
                       `inception_weights` (config.eval.inception_weights); against
@@ -110,6 +116,31 @@ def _recall_digits(rng, samples, reference, log_prob, workdir=None):
   return features.precision_recall(real, fake)[1]
 
 
+def _is_mixture(mixture) -> bool:
+  return all(hasattr(mixture, a) for a in ('means', 'stds', 'weights'))
+
+
+def _on_mode(rng, samples, reference, log_prob, mixture=None):
+  del rng, reference, log_prob
+  if not _is_mixture(mixture):
+    return None
+  return distances.on_mode(samples, mixture.means, mixture.stds)
+
+
+def _mode_mass_tv(rng, samples, reference, log_prob, mixture=None):
+  del rng, reference, log_prob
+  if not _is_mixture(mixture):
+    return None
+  return distances.mode_statistics(samples, mixture.means, mixture.weights, mixture.stds)[0]
+
+
+def _modes_covered(rng, samples, reference, log_prob, mixture=None):
+  del rng, reference, log_prob
+  if not _is_mixture(mixture):
+    return None
+  return distances.mode_statistics(samples, mixture.means, mixture.weights, mixture.stds)[1]
+
+
 METRICS: dict[str, MetricFn] = {
     'mmd': _mmd,
     'sliced_wasserstein': _sliced_wasserstein,
@@ -120,6 +151,9 @@ METRICS: dict[str, MetricFn] = {
     'precision_digits': _precision_digits,
     'recall_digits': _recall_digits,
     'fid': _fid,
+    'on_mode': _on_mode,
+    'mode_mass_tv': _mode_mass_tv,
+    'modes_covered': _modes_covered,
 }
 # Keywords, beyond (rng, samples, reference, log_prob), that a metric takes: where it
 # caches what it builds (`workdir`), the samples' shape before flattening, and the
@@ -129,6 +163,7 @@ _KEYWORDS = {
     'fd_digits': ('workdir',), 'kid_digits': ('workdir',),
     'precision_digits': ('workdir',), 'recall_digits': ('workdir',),
     'fid': ('workdir', 'image_shape') + FID_OPTIONS,
+    'on_mode': ('mixture',), 'mode_mass_tv': ('mixture',), 'modes_covered': ('mixture',),
 }
 
 
@@ -160,12 +195,13 @@ def check(names: Sequence[str], **options) -> None:
 
 def evaluate(names: Sequence[str], rng: jax.Array, samples, reference,
              log_prob: Callable | None = None, workdir: str | None = None,
-             **options) -> dict[str, float]:
+             mixture=None, **options) -> dict[str, float]:
   """Computes the named metrics of samples against reference (module docstring).
 
   Unknown names raise ConfigError before anything is computed. `workdir` is where
   metrics that build something (the digits classifier, FID reference statistics)
-  cache it. `options` are FID_OPTIONS (for `fid`); others are refused.
+  cache it. `mixture` is the data's Gaussian mixture, if it is one (the mode
+  metrics). `options` are FID_OPTIONS (for `fid`); others are refused.
   """
   fns = {name: lookup('metric', name, METRICS) for name in names}
   unknown = sorted(set(options) - set(FID_OPTIONS))
@@ -173,7 +209,8 @@ def evaluate(names: Sequence[str], rng: jax.Array, samples, reference,
     raise ConfigError(f'unknown metric option {unknown[0]!r}; allowed: '
                       f'{", ".join(FID_OPTIONS)}')
   order = list(METRICS)
-  given = dict(options, workdir=workdir, image_shape=np.shape(samples)[1:])
+  given = dict(options, workdir=workdir, image_shape=np.shape(samples)[1:],
+               mixture=mixture)
   samples, reference = _flat(samples), _flat(reference)
   results = {}
   for name, fn in fns.items():

@@ -57,7 +57,8 @@ def _plain(value: Any) -> Any:
 
 
 def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
-          num_classes: int | None, data_name: str | None = None) -> nn.Module:
+          num_classes: int | None, data_name: str | None = None,
+          second_time: bool = False) -> nn.Module:
   """The network named by net_config.name, for data of shape data_shape.
 
   Args:
@@ -66,6 +67,8 @@ def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
     out_dim_or_channels: output features (mlp) or channels (unet).
     num_classes: classes for label conditioning, or None.
     data_name: only used to name the data in error messages.
+    second_time: the caller conditions on a second time (flow maps): the net must
+      take one (`supports_second_time`).
 
   Raises:
     ConfigError: unknown net name or field, or a net that cannot take this data.
@@ -75,6 +78,11 @@ def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
   if not isinstance(name, str):
     raise ConfigError(f'net.name must be a string naming one of: {", ".join(sorted(NETS))}')
   cls = lookup('net', name, NETS)
+  if second_time and not getattr(cls, 'supports_second_time', False):
+    takes = sorted(n for n, c in NETS.items() if getattr(c, 'supports_second_time', False))
+    raise ConfigError(f'net {name!r} takes no second time input, which this method needs '
+                      f'(two times: t and t - r, or t and a step size); use one of: '
+                      f'{", ".join(takes)}')
   allowed = allowed_fields(name)
   unknown = sorted(set(fields) - set(allowed))
   if unknown:

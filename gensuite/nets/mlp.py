@@ -4,6 +4,7 @@
   params = net.init(rng, x, t)['params']          # x [B, d], t [B] (or a scalar)
   v = net.apply({'params': params}, x, t)          # [B, out_dim]
   v, h = net.apply({'params': params}, x, t, return_features=True)  # h [B, hidden]
+  u = net.apply({'params': params}, x, t, second_time=h_t)  # flow maps: two times
 
 Design: the condition c = TimeEmbedding(t) (+ LabelEmbedding(label)) modulates every
 hidden layer by FiLM, h <- act(Dense(h) * (1 + scale(c)) + shift(c)). Feeding the
@@ -12,6 +13,12 @@ velocity field changes shape with t (a near-linear map at t = 0, a sharp field a
 t = 1), and a multiplicative gate lets one set of hidden units serve all times.
 Hidden layers after the first are residual, so depth can grow without hurting
 optimization at the small widths toy problems use.
+
+Second time: flow maps (gensuite.methods.flow_maps) condition on two times, e.g.
+MeanFlow's (t, t - r) and a shortcut model's (t, step size). With second_time given,
+it gets its own embedding (same recipe as t), summed into the condition vector; the
+parameter tree then has `time2_emb` as well, so a net is initialised and applied
+either always with it or always without.
 
 Features: with return_features=True the call also returns the last hidden layer h
 [B, hidden] (the input of the output layer), which a classifier head can read (the
@@ -48,17 +55,23 @@ class TimeMLP(nn.Module):
   activation: str = 'silu'
   time_scale: float = 1000.0
   dropout: float = 0.0
-  # Calls accept return_features=True (see the module docstring).
+  # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
+  supports_second_time = True
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, label: jax.Array | None = None,
-               train: bool = False, return_features: bool = False):
+               train: bool = False, return_features: bool = False,
+               second_time: jax.Array | None = None):
     act = get_activation(self.activation)
     batch = x.shape[0]
     c = TimeEmbedding(self.hidden, sinusoid_dim=self.emb_dim, scale=self.time_scale,
                       activation=self.activation, name='time_emb')(
                           broadcast_time(t, batch))
+    if second_time is not None:
+      c = c + TimeEmbedding(self.hidden, sinusoid_dim=self.emb_dim, scale=self.time_scale,
+                            activation=self.activation, name='time2_emb')(
+                                broadcast_time(second_time, batch))
     if self.num_classes:
       c = c + LabelEmbedding(self.num_classes, self.hidden, name='label_emb')(label, batch)
     c = act(c)

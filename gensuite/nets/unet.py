@@ -30,6 +30,11 @@ Features: with return_features=True the call also returns the mid block's output
 classifier on (gensuite.methods.distill pools it in its head). The default output and
 the parameter tree are the same either way.
 
+Second time: flow maps (gensuite.methods.flow_maps) condition on two times (MeanFlow's
+t and t - r, a shortcut model's t and step size). A call with second_time embeds it
+like t (its own `time2_emb`) and adds it to the embedding vector; init and apply must
+agree on whether it is given.
+
 Class conditioning: with num_classes set, the label embedding has num_classes + 1
 rows; index num_classes (and label=None) is the null label for classifier-free
 guidance.
@@ -126,18 +131,23 @@ class UNet(nn.Module):
   groups: int | None = None
   num_heads: int = 1
   time_scale: float = 1000.0
-  # Calls accept return_features=True (see the module docstring).
+  # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
+  supports_second_time = True
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, label: jax.Array | None = None,
-               train: bool = False, return_features: bool = False):
+               train: bool = False, return_features: bool = False,
+               second_time: jax.Array | None = None):
     if x.ndim != 4:
       raise ValueError(f'UNet wants images [B, H, W, C], got shape {x.shape}')
     batch = x.shape[0]
     emb_dim = self.emb_dim or 4 * self.channels
     emb = TimeEmbedding(emb_dim, sinusoid_dim=self.channels, scale=self.time_scale,
                         name='time_emb')(broadcast_time(t, batch))
+    if second_time is not None:
+      emb = emb + TimeEmbedding(emb_dim, sinusoid_dim=self.channels, scale=self.time_scale,
+                                name='time2_emb')(broadcast_time(second_time, batch))
     if self.num_classes:
       emb = emb + LabelEmbedding(self.num_classes, emb_dim, name='label_emb')(label, batch)
     emb = nn.silu(emb)

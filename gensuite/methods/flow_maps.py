@@ -1,0 +1,477 @@
+"""Few-step generators trained from scratch: flow maps (ALGORITHMS.md §10).
+
+  config.method = defaults.section('meanflow')          # or 'scm', 'shortcut'
+  method = gensuite.methods.build(config, data_spec)
+  state = method.init(rng, batch); state, m = method.train_step(state, batch, rng)
+  x = method.sample(state, rng, 2000, steps=1)          # 1, 2, 4, ... network calls
+
+A flow map jumps an ODE state from one time to another in one network call, so these
+methods are their own samplers: `steps` is the number of network evaluations (NFE)
+and config.sampler.name is not read. Each method keeps its paper's time convention:
+
+  meanflow  (Geng et al., arXiv 2505.13447) t = 0 data, t = 1 noise, z_t = (1-t) x + t e.
+            The net u(z_t, r, t) is the average velocity over [r, t] (it embeds t and
+            t - r), so z_r = z_t - (t - r) u. Target u_tgt = sg(v - (t - r) du/dt) with
+            the total derivative du/dt = v . d_z u + d_t u from one jax.jvp along
+            (v, 1, 0) in (z, t, r); the primal u of that same call is what the loss
+            trains, so there is no second forward and no second derivative. Loss per
+            example L = ||u - u_tgt||^2 (summed over dims), weighted L / sg((L + c)^p).
+            (t, r): both logit-normal(time_mean, time_std), sorted so t >= r, and
+            r = t on the first equal_fraction of the batch. With class labels, the
+            training-time guidance v_g = omega v + (1 - omega - kappa) u(z, t, t | null)
+            + kappa u(z, t, t | c) on t in cfg_t_range replaces v (effective scale
+            omega / (1 - kappa)); sampling then needs no guidance.
+  scm       (Lu & Song, arXiv 2410.11081) TrigFlow: t = 0 data, x_t = cos t x + sin t z,
+            z ~ N(0, sigma_d^2), f(x_t, t) = cos t x_t - sin t sigma_d F(x_t / sigma_d, t).
+            Continuous-time consistency: with F- the net at sg(params),
+            g = -cos^2 t (sigma_d F- - dx/dt) - w (cos t sin t x_t + sigma_d cos t sin t dF-/dt)
+            (one jax.jvp, no gradient), normalised g / (rms(g) + c), warm-up
+            w = min(1, step / tangent_warmup), and the loss
+            lambda(t) e^{-l(t)} mean((F - F- - g)^2) + l(t) with l a learned function of t
+            (adaptive weighting) and lambda = 1 / (sigma_d tan t) ('tan') or 1.
+            dx/dt = cos t z - sin t x for sCT (training='sct'); for sCD
+            (training='scd') it is the teacher's PF-ODE velocity (cos t x_t - D)/sin t,
+            D the teacher's denoiser at sigma = sigma_d tan t (config.teacher, as
+            distillation reads it: an analytic mixture or a run's workdir).
+  shortcut  (Frans et al., arXiv 2410.12557) t = 0 noise, t = 1 data, x_t = (1-t) x0 + t x1.
+            The net s(x_t, t, d) is the step-size-conditioned velocity:
+            x_{t+d} ~ x_t + d s. Flow matching (target x1 - x0) at the smallest step
+            d = 1/max_steps on a 1/max_steps time grid, and on the first
+            1/bootstrap_every of the batch the self-consistency target of two half
+            steps, (s(x_t, t, d/2) + s(x', t + d/2, d/2)) / 2 with x' = x_t + (d/2) s1,
+            d = 2^-k for k = 0 .. log2(max_steps) - 1 in equal blocks, t on the d grid,
+            from sg(params) ('online') or the fastest EMA ('ema'), clipped to
+            +-target_clip (0: not clipped). Sampling takes M = steps, a power of two
+            <= max_steps: x <- x + s(x, i/M, 1/M) / M.
+
+All three condition on class labels (method.class_conditional) with label dropout to
+the null label. Parameters are {'net': ...} (sCM adds {'weight': ...}, its l(t)).
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gensuite import nets
+from gensuite.errors import ConfigError
+from gensuite.methods import defaults, teachers
+from gensuite.methods.base import choice, Method
+from gensuite.methods.state import TrainState, apply_gradients, ema_name
+from gensuite.nets.embeddings import sinusoidal_embedding
+
+sg = jax.lax.stop_gradient
+
+
+def _bcast(v, x):
+  return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
+
+
+def _mean_dims(x):
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def _sum_dims(x):
+  return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+
+class FlowMap(Method):
+  """What the three methods share: the net (with a second time where the method needs
+  one), labels, init, the train step (the loss also sees the state: EMA targets,
+  warm-up) and sampling with `steps` network calls."""
+  uses_second_time = True
+
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
+    self.mc = mc = defaults.resolve(config.method)
+    self.name = mc.name
+    self.conditional = bool(mc.class_conditional)
+    if self.conditional and not data_spec.num_classes:
+      raise ConfigError(f'method.class_conditional needs labelled data; data '
+                        f'{data_spec.name!r} has no classes')
+    self.label_dropout = float(mc.label_dropout)
+    if not 0.0 <= self.label_dropout < 1.0:
+      raise ConfigError(f'method.label_dropout must be in [0, 1), got {self.label_dropout}')
+    self.num_classes = data_spec.num_classes if self.conditional else None
+    self.net = nets.build(config.net, data_shape=self.data_shape,
+                          out_dim_or_channels=self.data_shape[-1],
+                          num_classes=self.num_classes, data_name=data_spec.name,
+                          second_time=self.uses_second_time)
+    self.sample_steps = int(config.sampler.get('steps', 1) or 1)
+    self.check_steps(self.sample_steps, 'config.sampler.steps')
+    self.check_sampler()
+
+  # ---- pieces ------------------------------------------------------------------
+
+  def apply(self, params, x, t, second=None, label=None, train=False, rng=None):
+    """The net on x with time t [B] (and the second time [B]); params = params['net']."""
+    kw = {'second_time': second} if self.uses_second_time else {}
+    return self.net.apply({'params': params}, x, t, label=label, train=train,
+                          rngs={'dropout': rng} if rng is not None else {}, **kw)
+
+  def train_labels(self, batch, rng):
+    """(label, net_label): the batch's labels and those the net sees after dropout to
+    the null label num_classes (None, None when unconditional)."""
+    if not self.conditional:
+      return None, None
+    label = batch['label']
+    if self.label_dropout <= 0:
+      return label, label
+    drop = jax.random.bernoulli(rng, self.label_dropout, label.shape)
+    return label, jnp.where(drop, self.spec.num_classes, label)
+
+  def extra_params(self, rng) -> dict:
+    return {}
+
+  def init(self, rng, batch) -> TrainState:
+    x = batch['x']
+    label = batch.get('label') if self.conditional else None
+    t = jnp.zeros((x.shape[0],), x.dtype)
+    kw = {'second_time': t} if self.uses_second_time else {}
+    k_net, k_extra = jax.random.split(rng)
+    params = {'net': self.net.init({'params': k_net, 'dropout': k_net}, x, t, label=label,
+                                   **kw)['params'],
+              **self.extra_params(k_extra)}
+    return TrainState.create(params, self.tx, self.ema_decays, phema_stds=self.phema_stds)
+
+  def train_step(self, state, batch, rng):
+    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng, state)
+    state, norms = apply_gradients(state, grads, self.tx)
+    return state, {**metrics, **norms}
+
+  def loss(self, params, batch, rng, state):
+    raise NotImplementedError
+
+  # ---- sampling ------------------------------------------------------------------
+
+  def check_steps(self, steps: int, where: str = 'steps') -> None:
+    if int(steps) < 1:
+      raise ConfigError(f'{where}={steps}: a {self.name} run samples with 1 or more steps')
+
+  def sample_labels(self, rng, num, label=None):
+    if label is not None and not self.conditional:
+      raise ConfigError(f'sampling got a label, but this {self.name} run is unconditional '
+                        '(method.class_conditional=False)')
+    if not self.conditional:
+      return None
+    if label is None:
+      return jax.random.randint(rng, (num,), 0, self.spec.num_classes)
+    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num,))
+
+  def sample(self, state, rng, num: int, sampler: str | None = None,
+             steps: int | None = None, use_ema=True, label=None, **unused):
+    """num samples with `steps` network calls (default config.sampler.steps); the
+    sampler name is not read (the flow map is its own sampler)."""
+    del sampler, unused
+    steps = int(steps or self.sample_steps)
+    self.check_steps(steps)
+    params = state.eval_params(use_ema)['net']
+    k_z, k_y, k_s = jax.random.split(rng, 3)
+    label = self.sample_labels(k_y, num, label)
+    z = jax.random.normal(k_z, (num,) + self.data_shape, jnp.float32)
+    return self.generate(params, z, steps, label, k_s)
+
+  def generate(self, params, z, steps, label, rng):
+    raise NotImplementedError
+
+  def evaluate(self, state, rng, data, workdir=None):
+    del state, rng, data, workdir
+    return {'nfe': float(self.sample_steps)}, {}
+
+
+# ---- MeanFlow --------------------------------------------------------------------
+
+
+class MeanFlow(FlowMap):
+  """MeanFlow (module docstring): average velocity u(z_t, r, t), t = 0 data."""
+
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
+    mc = self.mc
+    self.time_mean, self.time_std = float(mc.time_mean), float(mc.time_std)
+    self.equal_fraction = float(mc.equal_fraction)
+    if not 0.0 <= self.equal_fraction <= 1.0:
+      raise ConfigError(f'method.equal_fraction must be in [0, 1], got {self.equal_fraction}')
+    self.p, self.c = float(mc.adaptive_p), float(mc.adaptive_c)
+    if self.p > 0 and self.c <= 0:
+      raise ConfigError(f'method.adaptive_c must be > 0 when adaptive_p > 0, got {self.c}')
+    self.omega, self.kappa = float(mc.cfg_omega), float(mc.cfg_kappa)
+    self.cfg_t_range = tuple(float(v) for v in mc.cfg_t_range)
+    self.guided = self.omega != 1.0 or self.kappa != 0.0
+    if self.guided:
+      if not self.conditional or self.label_dropout <= 0:
+        raise ConfigError('method.cfg_omega/cfg_kappa guide a class-conditional run with '
+                          'label dropout (method.class_conditional=True, label_dropout > 0)')
+      if self.kappa >= 1.0:
+        raise ConfigError(f'method.cfg_kappa must be < 1 (the effective scale is omega / '
+                          f'(1 - kappa)), got {self.kappa}')
+
+  def u(self, params, z, t, r, label=None, train=False, rng=None):
+    """u(z_t, r, t) for times t, r [B]: the net sees t and t - r."""
+    return self.apply(params, z, t, t - r, label, train, rng)
+
+  def sample_times(self, rng, n):
+    """(t, r) [n]: logit-normal pairs, t >= r, r = t on the first equal_fraction."""
+    k = jax.random.normal(rng, (2, n)) * self.time_std + self.time_mean
+    a, b = jax.nn.sigmoid(k[0]), jax.nn.sigmoid(k[1])
+    t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+    equal = jnp.arange(n) < int(round(self.equal_fraction * n))
+    return t, jnp.where(equal, t, r)
+
+  def guided_velocity(self, params, z, t, v, label, net_label):
+    """v_g: v, or on t in cfg_t_range for kept labels, the training-time guidance."""
+    if not self.guided:
+      return v
+    null = jnp.full_like(label, self.spec.num_classes)
+    v_null = sg(self.u(params, z, t, t, null))
+    v_g = self.omega * v + (1.0 - self.omega - self.kappa) * v_null
+    if self.kappa != 0.0:
+      v_g = v_g + self.kappa * sg(self.u(params, z, t, t, label))
+    lo, hi = self.cfg_t_range
+    use = (net_label != self.spec.num_classes) & (t >= lo) & (t <= hi)
+    return jnp.where(_bcast(use, v), v_g, v)
+
+  def target(self, fn, z, t, r, v):
+    """(u, u_tgt): fn(z, t, r) and sg(v - clip(t - r, 0, 1) du/dt), du/dt along
+    (dz, dt, dr) = (v, 1, 0) from the same call (jax.jvp)."""
+    u, dudt = jax.jvp(fn, (z, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r)))
+    return u, sg(v - _bcast(jnp.clip(t - r, 0.0, 1.0), v) * dudt)
+
+  def loss(self, params, batch, rng, state=None):
+    x = batch['x']
+    n = x.shape[0]
+    k_e, k_t, k_drop, k_net = jax.random.split(rng, 4)
+    e = jax.random.normal(k_e, x.shape, x.dtype)
+    t, r = self.sample_times(k_t, n)
+    z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
+    label, net_label = self.train_labels(batch, k_drop)
+    v = self.guided_velocity(params['net'], z, t, e - x, label, net_label)
+    fn = lambda z_, t_, r_: self.u(params['net'], z_, t_, r_, net_label, True, k_net)
+    u, u_tgt = self.target(fn, z, t, r, v)
+    err = _sum_dims((u - u_tgt)**2)
+    weight = sg(1.0 / (err + self.c)**self.p) if self.p > 0 else 1.0
+    loss = jnp.mean(weight * err)
+    return loss, {'loss': loss, 'mse': jnp.mean(err) / np.prod(self.data_shape),
+                  'fraction_r_eq_t': jnp.mean(t == r)}
+
+  def generate(self, params, z, steps, label, rng=None):
+    """z_1 = z; z_r = z_t - (t - r) u(z_t, r, t) on the uniform grid 1 -> 0."""
+    del rng
+    ts = jnp.linspace(1.0, 0.0, steps + 1)
+    n = z.shape[0]
+
+    def body(i, x):
+      t = jnp.full((n,), ts[i])
+      r = jnp.full((n,), ts[i + 1])
+      return x - _bcast(t - r, x) * self.u(params, x, t, r, label)
+    return jax.lax.fori_loop(0, steps, body, z)
+
+
+# ---- sCM (TrigFlow continuous-time consistency) ------------------------------------
+
+
+class _TimeWeight(nn.Module):
+  """l(t): the adaptive weighting's learned log-variance, a small MLP of t (zero at
+  init, so the loss starts as the plain weighted MSE)."""
+  hidden: int = 64
+
+  @nn.compact
+  def __call__(self, t):
+    h = sinusoidal_embedding(t, self.hidden, scale=10.0)
+    h = nn.silu(nn.Dense(self.hidden)(h))
+    return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[:, 0]
+
+
+class SCM(FlowMap):
+  """sCT / sCD on TrigFlow (module docstring)."""
+  uses_second_time = False
+
+  def __init__(self, config, data_spec, load_run=None):
+    super().__init__(config, data_spec, load_run)
+    mc = self.mc
+    self.training = choice(mc, 'training', ('sct', 'scd'))
+    self.sigma_d = float(mc.sigma_data)
+    self.p_mean, self.p_std = float(mc.p_mean), float(mc.p_std)
+    self.warmup = int(mc.tangent_warmup)
+    self.norm_c = float(mc.tangent_norm_c)
+    self.prior = choice(mc, 'prior_weighting', ('tan', 'none'))
+    self.t_max = math.atan(float(mc.sigma_max) / self.sigma_d)
+    self.mid_t = float(mc.mid_t)
+    if not 0.0 < self.mid_t < self.t_max:
+      raise ConfigError(f'method.mid_t must be in (0, {self.t_max:.4f}) (TrigFlow time of '
+                        f'the second step), got {self.mid_t}')
+    self.weight_net = _TimeWeight(int(mc.weight_hidden))
+    self.teacher = None
+    if self.training == 'scd':
+      self.teacher = teachers.build(config, data_spec, load_run)
+    self.cfg_scale = float(mc.teacher_cfg_scale)
+
+  def extra_params(self, rng):
+    return {'weight': self.weight_net.init(rng, jnp.zeros((1,)))['params']}
+
+  def F(self, params, x, t, label=None, train=False, rng=None):
+    """F(x / sigma_d, t), the raw net output."""
+    return self.apply(params, x / self.sigma_d, t, None, label, train, rng)
+
+  def f(self, params, x, t, label=None):
+    """The consistency function f(x_t, t) = cos t x_t - sin t sigma_d F."""
+    tb = _bcast(t, x)
+    return jnp.cos(tb) * x - jnp.sin(tb) * self.sigma_d * self.F(params, x, t, label)
+
+  def sample_t(self, rng, n):
+    """t = arctan(sigma / sigma_d), log sigma ~ N(p_mean, p_std^2)."""
+    sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(rng, (n,)))
+    return jnp.arctan(sigma / self.sigma_d)
+
+  def velocity(self, x0, z, x_t, t, label):
+    """dx_t/dt: the conditional velocity (sCT) or the teacher's PF-ODE one (sCD)."""
+    tb = _bcast(t, x_t)
+    if self.teacher is None:
+      return jnp.cos(tb) * z - jnp.sin(tb) * x0
+    sigma = self.sigma_d * jnp.tan(t)
+    kw = dict(label=label, cfg_scale=self.cfg_scale) if self.conditional else {}
+    d = sg(self.teacher.denoiser(x_t / jnp.cos(tb), sigma, **kw))
+    return (jnp.cos(tb) * x_t - d) / jnp.sin(tb)
+
+  def tangent(self, fn, x_t, t, dxdt, w):
+    """(F-, g): the net at sg(params) and the normalised tangent (module docstring)."""
+    tb = _bcast(t, x_t)
+    cs = jnp.cos(t) * jnp.sin(t)
+    f_minus, csdf = jax.jvp(fn, (x_t / self.sigma_d, t),
+                            (_bcast(cs, x_t) * dxdt / self.sigma_d, cs))
+    g = (-jnp.cos(tb)**2 * (self.sigma_d * f_minus - dxdt)
+         - w * (_bcast(cs, x_t) * x_t + self.sigma_d * csdf))
+    rms = jnp.sqrt(_mean_dims(g**2))
+    return sg(f_minus), sg(g / _bcast(rms + self.norm_c, g)), rms
+
+  def loss(self, params, batch, rng, state=None):
+    x0 = batch['x']
+    n = x0.shape[0]
+    k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
+    z = self.sigma_d * jax.random.normal(k_z, x0.shape, x0.dtype)
+    t = self.sample_t(k_t, n)
+    tb = _bcast(t, x0)
+    x_t = jnp.cos(tb) * x0 + jnp.sin(tb) * z
+    label, net_label = self.train_labels(batch, k_drop)
+    dxdt = sg(self.velocity(x0, z, x_t, t, label))
+    step = 0 if state is None else state.step
+    w = jnp.minimum(1.0, (step + 1) / max(self.warmup, 1)) if self.warmup > 0 else 1.0
+    frozen = sg(params['net'])
+    fn = lambda x_, t_: self.apply(frozen, x_, t_, None, net_label, True, k_net)
+    f_minus, g, g_rms = self.tangent(fn, x_t, t, dxdt, w)
+    out = self.F(params['net'], x_t, t, net_label, True, k_net)
+    mse = _mean_dims((out - f_minus - g)**2)
+    logvar = self.weight_net.apply({'params': params['weight']}, t)
+    lam = 1.0 / (self.sigma_d * jnp.tan(t)) if self.prior == 'tan' else 1.0
+    loss = jnp.mean(lam * jnp.exp(-logvar) * mse + logvar)
+    return loss, {'loss': loss, 'mse': jnp.mean(mse), 'tangent_rms': jnp.mean(g_rms),
+                  'tangent_warmup': jnp.asarray(w, jnp.float32)}
+
+  def times(self, steps: int) -> np.ndarray:
+    """The sampling times: t_max, then steps - 1 times from mid_t linearly towards 0."""
+    mids = [self.mid_t * (steps - 1 - j) / (steps - 1) for j in range(steps - 1)]
+    return np.asarray([self.t_max] + mids, np.float32)
+
+  def generate(self, params, z, steps, label, rng):
+    """x = f(sigma_d z, t_max); then re-noise to each next time and apply f again."""
+    ts = self.times(steps)
+    x = self.sigma_d * z
+    n = z.shape[0]
+    for i, t in enumerate(ts):
+      x = self.f(params, x, jnp.full((n,), t), label)
+      if i + 1 < len(ts):
+        eps = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+        x = math.cos(ts[i + 1]) * x + math.sin(ts[i + 1]) * self.sigma_d * eps
+    return x
+
+
+# ---- shortcut models ------------------------------------------------------------
+
+
+class Shortcut(FlowMap):
+  """Shortcut models (module docstring): s(x_t, t, d), t = 0 noise."""
+
+  def __init__(self, config, data_spec, load_run=None):
+    self._max_steps = int(config.method.get('max_steps', 128))
+    super().__init__(config, data_spec, load_run)
+    mc = self.mc
+    self.max_steps = int(mc.max_steps)
+    self.levels = int(round(math.log2(self.max_steps)))
+    if self.max_steps < 2 or 2**self.levels != self.max_steps:
+      raise ConfigError(f'method.max_steps must be a power of two >= 2, got {self.max_steps}')
+    self.bootstrap_every = int(mc.bootstrap_every)
+    if self.bootstrap_every < 1:
+      raise ConfigError(f'method.bootstrap_every must be >= 1, got {self.bootstrap_every}')
+    self.target_kind = choice(mc, 'bootstrap_target', ('online', 'ema'))
+    if self.target_kind == 'ema' and not self.ema_decays:
+      raise ConfigError("method.bootstrap_target='ema' reads an EMA of the params; set "
+                        'optim.ema_decays (the fastest one is used)')
+    self.clip = float(mc.target_clip)
+
+  def check_steps(self, steps: int, where: str = 'steps') -> None:
+    m = self._max_steps
+    if steps < 1 or steps > m or steps & (steps - 1):
+      raise ConfigError(f'{where}={steps}: a shortcut model samples with a power of two '
+                        f'of steps up to method.max_steps={m} (1, 2, 4, ..., {m})')
+
+  def s(self, params, x, t, d, label=None, train=False, rng=None):
+    return self.apply(params, x, t, d, label, train, rng)
+
+  def consistency_target(self, params, x_t, t, d, label):
+    """(s(x_t, t, d/2) + s(x', t + d/2, d/2)) / 2, x' = x_t + (d/2) s1 (clipped)."""
+    half = d / 2.0
+    clip = (lambda v: jnp.clip(v, -self.clip, self.clip)) if self.clip > 0 else (lambda v: v)
+    s1 = self.s(params, x_t, t, half, label)
+    x_mid = clip(x_t + _bcast(half, x_t) * s1)
+    s2 = self.s(params, x_mid, t + half, half, label)
+    return sg(clip((s1 + s2) / 2.0))
+
+  def loss(self, params, batch, rng, state=None):
+    x1 = batch['x']
+    n = x1.shape[0]
+    nb = n // self.bootstrap_every if self.bootstrap_every > 1 else n
+    k_x0, k_t, k_tb, k_drop, k_net = jax.random.split(rng, 5)
+    x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
+    label, net_label = self.train_labels(batch, k_drop)
+    m = self.max_steps
+    # Flow matching at the smallest step on the 1/m grid.
+    t = jax.random.randint(k_t, (n,), 0, m).astype(x1.dtype) / m
+    d = jnp.full((n,), 1.0 / m, x1.dtype)
+    target = x1 - x0
+    # Self-consistency on the first nb: k = 0 .. levels-1 in equal blocks.
+    k = (jnp.arange(nb) * self.levels) // max(nb, 1)
+    d_b = (2.0 ** -k).astype(x1.dtype)
+    t_b = (jax.random.randint(k_tb, (nb,), 0, 2**self.levels) >> (self.levels - k)).astype(
+        x1.dtype) * d_b  # uniform on {0, d, ..., 1 - d}
+    x_tb = (1.0 - _bcast(t_b, x1[:nb])) * x0[:nb] + _bcast(t_b, x1[:nb]) * x1[:nb]
+    if self.target_kind == 'ema':
+      fastest = ema_name(min(self.ema_decays))
+      target_params = sg(state.ema[fastest]['net'])
+    else:
+      target_params = sg(params['net'])
+    lab_b = None if net_label is None else net_label[:nb]
+    target_b = self.consistency_target(target_params, x_tb, t_b, d_b, lab_b)
+    t = t.at[:nb].set(t_b)
+    d = d.at[:nb].set(d_b)
+    target = target.at[:nb].set(target_b)
+    x_t = (1.0 - _bcast(t, x1)) * x0 + _bcast(t, x1) * x1
+    x_t = x_t.at[:nb].set(x_tb)
+    out = self.s(params['net'], x_t, t, d, net_label, True, k_net)
+    err = _mean_dims((out - target)**2)
+    loss = jnp.mean(err)
+    is_b = jnp.arange(n) < nb
+    return loss, {'loss': loss,
+                  'fm_loss': jnp.sum(jnp.where(is_b, 0.0, err)) / max(n - nb, 1),
+                  'consistency_loss': jnp.sum(jnp.where(is_b, err, 0.0)) / max(nb, 1)}
+
+  def generate(self, params, z, steps, label, rng=None):
+    """M = steps Euler steps of the step-1/M velocity: x <- x + s(x, i/M, 1/M)/M."""
+    del rng
+    n = z.shape[0]
+    d = jnp.full((n,), 1.0 / steps)
+
+    def body(i, x):
+      t = jnp.full((n,), i / steps)
+      return x + self.s(params, x, t, d, label) / steps
+    return jax.lax.fori_loop(0, steps, body, z)
