@@ -5,7 +5,9 @@
   gensuite sample --workdir=runs/meanflow_toy --steps=2 --num=2000 --out=x.npz
 
 The variant is a comma-separated list of tokens, in any order:
-  method: meanflow (default), scm (sCT), shortcut
+  method: meanflow (default), scm (sCT), scd (sCM distilled from the data's exact
+          denoiser, config.teacher.analytic='data'; a trained run instead:
+          --config.teacher.analytic= --config.teacher.workdir=DIR), shortcut
   data:   unequal8 (default: 8 modes on a circle of radius 2, std 0.15, weights
           0.04 .. 0.25, as configs/distill/toy2d.py), 8gaussians, grid
   smoke:  a few steps of a tiny net, for tests
@@ -52,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.update(name='gaussian_mixture', params=unequal8_params())
   c.net = _net()
   c.method = common.method('meanflow', **TOY_METHOD['meanflow'])
+  # sCD's teacher (gensuite.methods.teachers): set by the scd token.
+  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='', params={}))
   c.optim.update(lr=1e-3, schedule='cosine', warmup_steps=200, final_lr_fraction=0.05,
                  ema_decays=(0.999,))
   c.train.update(num_steps=10000, batch_size=1024, log_every=250, eval_every=5000,
@@ -61,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.metrics = ('mmd', 'nll', 'on_mode', 'mode_mass_tv', 'modes_covered')
   edits = {
       **{m: _use(m) for m in METHODS},
+      'scd': lambda c: (_use('scm')(c), common.setter(**{
+          'method.training': 'scd', 'teacher.analytic': 'data'})(c)),
       'unequal8': common.setter(**{'data.name': 'gaussian_mixture',
                                    'data.params': unequal8_params()}),
       '8gaussians': common.setter(**{'data.name': '8gaussians', 'data.params': {}}),

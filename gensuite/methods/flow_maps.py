@@ -371,7 +371,7 @@ class SCM(FlowMap):
   def times(self, steps: int) -> np.ndarray:
     """The sampling times: t_max, then steps - 1 times from mid_t linearly towards 0."""
     mids = [self.mid_t * (steps - 1 - j) / (steps - 1) for j in range(steps - 1)]
-    return np.asarray([self.t_max] + mids, np.float32)
+    return np.asarray([self.t_max] + mids, np.float64)
 
   def generate(self, params, z, steps, label, rng):
     """x = f(sigma_d z, t_max); then re-noise to each next time and apply f again."""

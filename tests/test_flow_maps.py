@@ -1,0 +1,401 @@
+"""Flow maps (MeanFlow, sCM, shortcut): analytic facts on Gaussian data, and the CLI.
+
+Data x ~ N(mu, s^2) per coordinate (ALGORITHMS.md §10, analytic checks): every flow
+map is affine, so the exact average velocity, consistency function and shortcut
+velocity are closed forms, and the methods' targets, tangents and samplers can be
+checked against them in float64.
+"""
+import math
+import os
+
+import jax
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.flow_maps import toy2d
+from conftest import final_leaves, losses, run_cli
+from gensuite import config as config_lib
+from gensuite import data as data_lib
+from gensuite import methods
+from gensuite.errors import ConfigError
+
+MU, S = 1.5, 0.5
+
+
+def _method(arg, **overrides):
+  c = toy2d.get_config(arg)
+  c.unlock()
+  for path, value in overrides.items():
+    node = c
+    *parents, last = path.split('.')
+    for part in parents:
+      node = node[part]
+    node[last] = value
+  data = data_lib.build(c.data, seed=0, global_batch_size=c.train.batch_size)
+  return methods.build(c, data.spec), data
+
+
+# ---- MeanFlow (t = 0 data, t = 1 noise) -------------------------------------------
+
+
+def _mf_sigma(t):
+  return jnp.sqrt((1 - t)**2 * S**2 + t**2)
+
+
+def _mf_u(z, t, r):
+  """The exact average velocity over [r, t] (r = t: the marginal velocity)."""
+  m_t, sig_t = (1 - t) * MU, _mf_sigma(t)
+  same = jnp.abs(t - r) < 1e-12
+  v_coef = (t - (1 - t) * S**2) / sig_t**2
+  u_coef = (sig_t - _mf_sigma(r)) / (jnp.where(same, 1.0, t - r) * sig_t)
+  return -MU + jnp.where(same, v_coef, u_coef)[:, None] * (z - m_t[:, None])
+
+
+def _mf_v(z, t):
+  return _mf_u(z, t, t)
+
+
+def _mf_batch(n, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  t = jax.random.uniform(k1, (n,), jnp.float64, 0.05, 0.95)
+  r = t * jax.random.uniform(k2, (n,), jnp.float64)
+  z = (1 - t)[:, None] * MU + _mf_sigma(t)[:, None] * jax.random.normal(k3, (n, 2),
+                                                                           jnp.float64)
+  return z, t, r
+
+
+def test_meanflow_target_equals_a_finite_difference_of_u_along_the_trajectory():
+  """du/dt from the jvp equals (u(z + h v, t + h, r) - u(z - h v, t - h, r)) / 2h, for
+  a nonlinear u that is no flow map at all (the identity is about the derivative)."""
+  method, _ = _method('meanflow,smoke')
+  fn = lambda z, t, r: jnp.tanh(z * t[:, None]) + jnp.sin(3 * r)[:, None] * z**2
+  with jax.enable_x64(True):
+    z, t, r = _mf_batch(64)
+    v = jnp.cos(z) + 0.5
+    u, u_tgt = method.target(fn, z, t, r, v)
+    dudt = (v - u_tgt) / (t - r)[:, None]
+    h = 1e-5
+    fd = (fn(z + h * v, t + h, r) - fn(z - h * v, t - h, r)) / (2 * h)
+    np.testing.assert_allclose(u, fn(z, t, r), rtol=0, atol=0)
+    np.testing.assert_allclose(dudt, fd, rtol=1e-7, atol=1e-8)
+
+
+def test_meanflow_exact_average_velocity_is_its_own_target():
+  """With the marginal velocity as tangent, u_tgt = u for the exact u (to 1e-12); the
+  wrong tangents (v, 0, 0), (v, 1, 1) leave a residual of order 0.1."""
+  method, _ = _method('meanflow,smoke')
+  with jax.enable_x64(True):
+    z, t, r = _mf_batch(256)
+    v = _mf_v(z, t)
+    u, u_tgt = method.target(_mf_u, z, t, r, v)
+    assert float(jnp.max(jnp.abs(u - u_tgt))) < 1e-12
+    for tangent in ((0.0, 0.0), (1.0, 1.0)):
+      _, dudt = jax.jvp(_mf_u, (z, t, r), (v, jnp.full_like(t, tangent[0]),
+                                           jnp.full_like(r, tangent[1])))
+      wrong = v - (t - r)[:, None] * dudt
+      assert float(jnp.sqrt(jnp.mean((wrong - u)**2))) > 0.05
+
+
+def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
+  """The training loss (conditional tangents e - x, the method's own (t, r) sampler and
+  target) has zero expected gradient at the exact solution: u_theta = a (-mu) +
+  b coef(t, r) (z - m_t) at (a, b) = (1, 1). Each gradient component is within 4
+  standard errors of 0 over 200k examples, while a perturbed (a, b) has a clearly
+  non-zero gradient."""
+  method, _ = _method('meanflow,smoke')
+  n = 200_000
+
+  def per_example_grads(theta, seed):
+    k_x, k_e, k_t = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = MU + S * jax.random.normal(k_x, (n, 2), jnp.float64)
+    e = jax.random.normal(k_e, (n, 2), jnp.float64)
+    t, r = method.sample_times(k_t, n)
+    t, r = t.astype(jnp.float64), r.astype(jnp.float64)
+    z = (1 - t)[:, None] * x + t[:, None] * e
+
+    def u_theta(th, z, t, r):
+      exact = _mf_u(z, t, r)
+      lin = exact + MU  # coef (z - m_t)
+      return th[0] * (-MU) + th[1] * lin
+
+    def loss_one(th, z, t, r, v):  # one example, through the method's own target
+      u, u_tgt = method.target(lambda z, t, r: u_theta(th, z, t, r), z[None], t[None],
+                               r[None], v[None])
+      return jnp.sum((u - u_tgt)**2)
+    return jax.vmap(jax.grad(loss_one), (None, 0, 0, 0, 0))(theta, z, t, r, e - x)  # [n, 2]
+
+  with jax.enable_x64(True):
+    g = per_example_grads(jnp.array([1.0, 1.0]), 0)
+    mean, se = jnp.mean(g, 0), jnp.std(g, 0) / math.sqrt(n)
+    assert np.all(np.abs(mean) < 4 * se), (mean, se)
+    g_off = jnp.mean(per_example_grads(jnp.array([1.1, 0.9]), 0), 0)
+    assert np.all(np.abs(g_off) > 20 * se), (g_off, se)
+
+
+@pytest.mark.parametrize('steps', [1, 2, 4])
+def test_meanflow_sampling_with_the_exact_map_is_the_exact_ode_solution(steps):
+  """z_r = z_t - (t - r) u on the grid 1 -> 0 with the exact u gives mu + s z for every
+  number of steps (the map composes exactly)."""
+  method, _ = _method('meanflow,smoke')
+  method.u = lambda params, z, t, r, label=None: _mf_u(z, t, r)
+  with jax.enable_x64(True):
+    z = jax.random.normal(jax.random.PRNGKey(3), (128, 2), jnp.float64)
+    x = method.generate(None, z, steps, None)
+    np.testing.assert_allclose(x, MU + S * z, rtol=0, atol=1e-12)
+
+
+# ---- sCM on TrigFlow (t = 0 data) --------------------------------------------------
+
+
+def _scm(sigma_d=0.5):
+  method, _ = _method('scm,smoke', **{'method.sigma_data': sigma_d})
+  return method
+
+
+def _trig(t, sd):
+  m_t = jnp.cos(t) * MU
+  big_s = jnp.sqrt(jnp.cos(t)**2 * S**2 + jnp.sin(t)**2 * sd**2)
+  return m_t, big_s
+
+
+def _exact_f(x, t, sd):
+  m_t, big_s = _trig(t, sd)
+  return MU + (S / big_s)[:, None] * (x - m_t[:, None])
+
+
+def _exact_F(x_scaled, t, sd):
+  """F* with f = cos t x - sin t sd F*, as a function of the net's input x / sd."""
+  x = x_scaled * sd
+  return (jnp.cos(t)[:, None] * x - _exact_f(x, t, sd)) / (sd * jnp.sin(t))[:, None]
+
+
+def _trig_v(x, t, sd):
+  m_t, big_s = _trig(t, sd)
+  return (-jnp.sin(t)[:, None] * MU + (jnp.sin(t) * jnp.cos(t) * (sd**2 - S**2)
+                                       / big_s**2)[:, None] * (x - m_t[:, None]))
+
+
+def _trig_batch(n, sd, seed=0, dtype=jnp.float64):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  t = jax.random.uniform(k1, (n,), dtype, 0.1, 1.4)
+  m_t, big_s = _trig(t, sd)
+  return m_t[:, None] + big_s[:, None] * jax.random.normal(k2, (n, 2), dtype), t
+
+
+def test_scm_tangent_equals_cos_t_times_the_time_derivative_of_f():
+  """Unnormalised, g = cos t d f-/dt along dx/dt (w = 1), for any F: checked by central
+  differences of f(x + h dx/dt, t + h) with a nonlinear F."""
+  method = _scm()
+  sd = method.sigma_d
+  F = lambda xs, t: jnp.tanh(xs * jnp.sin(2 * t)[:, None]) + jnp.cos(t)[:, None] * xs**2
+  f = lambda x, t: jnp.cos(t)[:, None] * x - (jnp.sin(t) * sd)[:, None] * F(x / sd, t)
+  with jax.enable_x64(True):
+    x, t = _trig_batch(64, sd)
+    dxdt = jnp.sin(x) - 0.3
+    _, g, rms = method.tangent(F, x, t, dxdt, 1.0)
+    g = g * (rms + method.norm_c)[:, None]
+    h = 1e-5
+    fd = (f(x + h * dxdt, t + h) - f(x - h * dxdt, t - h)) / (2 * h)
+    np.testing.assert_allclose(g, jnp.cos(t)[:, None] * fd, rtol=1e-6, atol=1e-8)
+
+
+def test_scm_tangent_vanishes_for_the_exact_consistency_function():
+  """With the exact F* and the exact PF-ODE velocity, g = 0 (f is constant along the
+  flow); the conditional velocity gives g with mean 0 given x_t (not checked here)."""
+  method = _scm()
+  sd = method.sigma_d
+  with jax.enable_x64(True):
+    x, t = _trig_batch(256, sd)
+    _, g, rms = method.tangent(lambda xs, t: _exact_F(xs, t, sd), x, t, _trig_v(x, t, sd),
+                               1.0)
+    assert float(jnp.max(rms)) < 1e-12
+
+
+def test_scd_velocity_is_the_teachers_pf_ode_velocity():
+  """sCD's dx_t/dt from an exact teacher (a one-component mixture N(mu, s^2)) is the
+  TrigFlow PF-ODE velocity of that Gaussian, whatever the x0 and z drawn."""
+  sd = 0.5
+  method, _ = _method('scd,smoke', **{
+      'method.sigma_data': sd, 'data.params': dict(means=[[MU, MU]], stds=S)})
+  x, t = _trig_batch(256, sd, dtype=jnp.float32)
+  noise = jnp.ones_like(x)  # not used by sCD
+  v = method.velocity(noise, noise, x, t, None)
+  np.testing.assert_allclose(v, _trig_v(x, t, sd), rtol=1e-4, atol=1e-4)
+
+
+def test_scm_one_and_two_step_samples_of_the_exact_function():
+  """One step: f(sd z, t_max) is the exact ODE map from t_max; two steps re-noise to
+  mid_t and map again, which leaves the law N(mu, s^2) exactly."""
+  method = _scm()
+  sd = method.sigma_d
+  method.F = lambda params, x, t, label=None: _exact_F(x / sd, t, sd)
+  with jax.enable_x64(True):
+    z = jax.random.normal(jax.random.PRNGKey(0), (200_000, 2), jnp.float64)
+    x1 = method.generate(None, z, 1, None, jax.random.PRNGKey(1))
+    t_max = jnp.full((z.shape[0],), method.t_max, jnp.float64)
+    np.testing.assert_allclose(x1, _exact_f(sd * z, t_max, sd), rtol=0, atol=1e-12)
+    # sigma_max = 80: t_max is 0.006 short of pi/2, so the map is mu + s z to 1e-2.
+    np.testing.assert_allclose(x1, MU + S * z, atol=0.05)
+    x2 = method.generate(None, z, 2, None, jax.random.PRNGKey(1))
+    # Its law: x1 = mu (1 - a) + b z (a, b from t_max), then f at mid_t of the re-noised
+    # x1, which is N(mu, s^2) up to the same t_max offset: moments in closed form.
+    _, s_max = _trig(jnp.float64(method.t_max), sd)
+    _, s_mid = _trig(jnp.float64(method.mid_t), sd)
+    a, b, c = S / s_max * math.cos(method.t_max), S / s_max * sd, S / s_mid
+    cm, sm = math.cos(method.mid_t), math.sin(method.mid_t)
+    mean, std = MU - c * cm * a * MU, c * math.sqrt(cm**2 * b**2 + sm**2 * sd**2)
+    se = std / math.sqrt(z.size)
+    assert abs(float(jnp.mean(x2)) - mean) < 4 * se, (float(jnp.mean(x2)), mean)
+    assert abs(float(jnp.std(x2)) - std) < 4 * se, (float(jnp.std(x2)), std)
+    assert abs(mean - MU) < 0.01 and abs(std - S) < 0.01
+
+
+# ---- shortcut models (t = 0 noise, t = 1 data) --------------------------------------
+
+
+def _sc_sigma(t):
+  return jnp.sqrt((1 - t)**2 + t**2 * S**2)
+
+
+def _sc_exact(z, t, d):
+  """The exact shortcut velocity: x_{t+d} = z + d s*(z, t, d)."""
+  return MU + ((_sc_sigma(t + d) - _sc_sigma(t)) / (d * _sc_sigma(t)))[:, None] * (
+      z - (t * MU)[:, None])
+
+
+def _sc_v(z, t):
+  dsig = (-(1 - t) + t * S**2) / _sc_sigma(t)
+  return MU + (dsig / _sc_sigma(t))[:, None] * (z - (t * MU)[:, None])
+
+
+def test_shortcut_target_is_self_consistent_and_tends_to_the_velocity():
+  method, _ = _method('shortcut,smoke')
+  s_exact = lambda params, x, t, d, label=None: _sc_exact(x, t, d)
+  with jax.enable_x64(True):
+    n = 128
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    t = jax.random.uniform(k1, (n,), jnp.float64, 0.0, 0.5)
+    z = (t * MU)[:, None] + _sc_sigma(t)[:, None] * jax.random.normal(k2, (n, 2),
+                                                                      jnp.float64)
+    method.s = s_exact
+    for d in (0.5, 0.25, 1 / 128):
+      dd = jnp.full((n,), d, jnp.float64)
+      np.testing.assert_allclose(method.consistency_target(None, z, t, dd, None),
+                                 _sc_exact(z, t, dd), rtol=0, atol=1e-12)
+    errors = []
+    for d in (1e-2, 1e-3, 1e-4):
+      dd = jnp.full((n,), d, jnp.float64)
+      errors.append(float(jnp.max(jnp.abs(method.consistency_target(None, z, t, dd, None)
+                                          - _sc_v(z, t)))))
+    assert errors[2] < 1e-3 and errors[1] < errors[0] / 5 and errors[2] < errors[1] / 5
+
+
+@pytest.mark.parametrize('steps', [1, 2, 8])
+def test_shortcut_sampling_with_the_exact_velocity_is_exact(steps):
+  method, _ = _method('shortcut,smoke')
+  method.s = lambda params, x, t, d, label=None: _sc_exact(x, t, d)
+  with jax.enable_x64(True):
+    z = jax.random.normal(jax.random.PRNGKey(3), (64, 2), jnp.float64)
+    np.testing.assert_allclose(method.generate(None, z, steps, None), MU + S * z,
+                               rtol=0, atol=1e-12)
+
+
+# ---- training, errors, CLI ---------------------------------------------------------
+
+
+@pytest.mark.parametrize('arg', ['meanflow,smoke', 'scm,smoke', 'shortcut,smoke'])
+def test_each_method_trains_and_samples_with_1_2_4_steps(arg):
+  method, data = _method(arg)
+  state = jax.jit(method.init)(jax.random.PRNGKey(0), jax.tree.map(jnp.asarray, data.batch(0)))
+  step = jax.jit(method.train_step)
+  first = None
+  for i in range(30):
+    state, metrics = step(state, jax.tree.map(jnp.asarray, data.batch(i)),
+                          jax.random.PRNGKey(i))
+    first = first if first is not None else float(metrics['mse' if 'mse' in metrics
+                                                          else 'loss'])
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  last = float(metrics['mse' if 'mse' in metrics else 'loss'])
+  assert last < first, (first, last)
+  for steps in (1, 2, 4):
+    x = jax.jit(lambda s, r: method.sample(s, r, 16, steps=steps))(state, jax.random.PRNGKey(1))
+    assert x.shape == (16, 2) and np.all(np.isfinite(x))
+
+
+def test_config_errors():
+  with pytest.raises(ConfigError, match="net 'energy_mlp' takes no second time input"):
+    _method('meanflow,smoke', **{'net': config_lib.ml_collections.ConfigDict(
+        dict(name='energy_mlp'))})
+  with pytest.raises(ConfigError, match='power of two of steps up to method.max_steps=128'):
+    _method('shortcut,smoke', **{'sampler.steps': 3})
+  method, _ = _method('shortcut,smoke')
+  with pytest.raises(ConfigError, match='power of two'):
+    method.check_steps(256)
+  with pytest.raises(ConfigError, match='class_conditional needs labelled data'):
+    _method('meanflow,smoke', **{'method.class_conditional': True})
+  with pytest.raises(ConfigError, match="unknown method.training 'ect'; allowed: sct, scd"):
+    _method('scm,smoke', **{'method.training': 'ect'})
+  with pytest.raises(ConfigError, match='label dropout'):
+    _method('meanflow,smoke', **{'method.cfg_kappa': 0.5})
+  with pytest.raises(ConfigError, match="bootstrap_target='ema' reads an EMA"):
+    _method('shortcut,smoke', **{'method.bootstrap_target': 'ema', 'optim.ema_decays': ()})
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=configs/flow_maps/toy2d.py:smoke', '--config.net.name=energy_mlp'],
+     "net 'energy_mlp' takes no second time input"),
+    (['--config=configs/flow_maps/toy2d.py:smoke', '--config.method.name=meanflw'],
+     "unknown method 'meanflw'"),
+    (['--config=configs/flow_maps/toy2d.py:meanflw,smoke'],
+     "unknown flow_maps toy2d variant 'meanflw'"),
+])
+def test_bad_input_exits_2_with_one_line_before_writing(tmp_path, args, message):
+  workdir = tmp_path / 'run'
+  proc = run_cli('train', *args, f'--workdir={workdir}', check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert message in lines[-1], proc.stderr[-2000:]
+  written = [f for _, _, files in os.walk(workdir) for f in files] if workdir.exists() else []
+  assert not [f for f in written if not f.endswith('.lock')], written
+
+
+def test_meanflow_resumes_bitwise_and_samples_from_the_cli(tmp_path):
+  """20 straight steps equal 10 + 10 with a restart, bit for bit; `gensuite sample
+  --steps=2` then writes two-step samples and eval logs the mixture metrics."""
+  full, split = tmp_path / 'full', tmp_path / 'split'
+  args = ['--config=configs/flow_maps/toy2d.py:smoke', '--config.train.ckpt_every=10']
+  run_cli('train', f'--workdir={full}', *args)
+  run_cli('train', f'--workdir={split}', *args, '--config.train.num_steps=10')
+  run_cli('train', f'--workdir={split}', *args)
+  (step_a, leaves_a), (step_b, leaves_b) = final_leaves(full), final_leaves(split)
+  assert step_a == step_b == 20
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  assert losses(full) == losses(split)
+  out = tmp_path / 'x.npz'
+  run_cli('sample', f'--workdir={full}', '--steps=2', '--num=64', f'--out={out}')
+  x = np.load(out)['samples']
+  assert x.shape == (64, 2) and np.all(np.isfinite(x))
+  with open(full / 'metrics.jsonl') as f:
+    text = f.read()
+  for key in ('eval/on_mode', 'eval/mode_mass_tv', 'eval/modes_covered', 'eval/nfe',
+              'fraction_r_eq_t'):
+    assert f'"{key}"' in text, key
+  proc = run_cli('sample', f'--workdir={full}', '--steps=0', '--num=4', f'--out={out}',
+                 check=False)
+  assert proc.returncode == 2 and 'samples with 1 or more steps' in proc.stderr
+
+
+@pytest.mark.slow  # six CLI runs
+@pytest.mark.parametrize('variant', ['meanflow', 'scm', 'shortcut'])
+def test_one_and_four_devices_give_the_same_losses(tmp_path, variant):
+  args = [f'--config=configs/flow_maps/toy2d.py:{variant},smoke',
+          '--config.train.num_steps=10', '--config.train.eval_every=0']
+  one, four = tmp_path / 'one', tmp_path / 'four'
+  run_cli('train', f'--workdir={one}', *args, devices=1)
+  run_cli('train', f'--workdir={four}', *args, devices=4)
+  a, b = losses(one), losses(four)
+  assert a.keys() == b.keys() and a
+  np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-5)
