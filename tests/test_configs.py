@@ -12,12 +12,16 @@ import pytest
 
 from configs import common
 from gensuite import config as config_lib
+from gensuite import methods
 from gensuite.methods import defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, REPO)
                  for p in glob.glob(os.path.join(REPO, 'configs', '*', '*.py')))
 FAMILIES = ('flow_matching', 'diffusion', 'distill', 'ebm', 'vae')
+# configs/<dir>/ -> the method names its configs may use: a family's own directory, and
+# configs/flow_maps/ for the few-step generators trained from scratch.
+DIRECTORIES = {**{family: (family,) for family in FAMILIES}, 'flow_maps': methods.FLOW_MAPS}
 
 
 def _load(path: str, variant: str = ''):
@@ -45,28 +49,44 @@ CASES = [(path, token) for path in CONFIGS for token in TOKENS[path]]
 SMOKE = [path for path in CONFIGS if 'smoke' in TOKENS[path]]
 
 
-def _check(config):
+def _check(config, path):
   config_lib.validate(config)
   method = defaults.resolve(config.method)  # field names and types of the family
-  assert method.name in FAMILIES
+  assert method.name in DIRECTORIES[path.split(os.sep)[1]], (path, method.name)
   return method
 
 
 def test_every_family_has_configs():
   assert len(CONFIGS) >= 14
-  assert {p.split(os.sep)[1] for p in CONFIGS} == set(FAMILIES)
+  assert {p.split(os.sep)[1] for p in CONFIGS} == set(DIRECTORIES)
+
+
+def test_flow_map_configs_use_every_flow_map_method():
+  for name in ('toy2d', 'digits', 'cifar10'):
+    path = os.path.join('configs', 'flow_maps', f'{name}.py')
+    assert {_load(path, m).method.name for m in methods.FLOW_MAPS} == set(methods.FLOW_MAPS)
+
+
+@pytest.mark.parametrize('path', ['configs/flow_maps/digits.py', 'configs/flow_maps/cifar10.py'])
+def test_flow_map_cond_whatever_the_method_token_position(path):
+  for method in methods.FLOW_MAPS:
+    after = config_lib.to_dict(_load(path, f'{method},cond'))
+    assert config_lib.to_dict(_load(path, f'cond,{method}')) == after
+    assert after['method']['class_conditional'] and after['method']['label_dropout'] == 0.1
+  guided = _load(path, 'cond').method  # MeanFlow bakes its guidance into training
+  assert guided.cfg_omega / (1.0 - guided.cfg_kappa) > 1.0
 
 
 @pytest.mark.parametrize('path', CONFIGS)
 def test_default_variant_is_valid(path):
-  _check(_load(path))
+  _check(_load(path), path)
 
 
 @pytest.mark.parametrize('path, token', CASES, ids=[f'{p}:{t}' for p, t in CASES])
 def test_each_token_is_valid_alone_and_with_smoke(path, token):
-  _check(_load(path, token))
+  _check(_load(path, token), path)
   if 'smoke' in TOKENS[path]:
-    _check(_load(path, f'{token},smoke'))
+    _check(_load(path, f'{token},smoke'), path)
 
 
 @pytest.mark.parametrize('path, token', [c for c in CASES if c[0] in SMOKE and c[1] != 'smoke'],

@@ -1,0 +1,100 @@
+"""Few-step generators trained from scratch (flow maps) on scikit-learn's 8x8 digits.
+
+  gensuite train --config=configs/flow_maps/digits.py --workdir=runs/meanflow_digits
+  gensuite train --config=configs/flow_maps/digits.py:scm --workdir=runs/scm_digits
+  gensuite train --config=configs/flow_maps/digits.py:shortcut,cond --workdir=runs/sc_cond
+  gensuite sample --workdir=runs/meanflow_digits --steps=2 --num=64 --out=x.npz
+  gensuite eval --workdir=runs/meanflow_digits --metrics=fd_digits,kid_digits
+
+Variant tokens (comma-separated, any order):
+  method: meanflow (default), scm (sCT), shortcut
+  cond:   class-conditional with 10% label dropout. MeanFlow also bakes guidance into
+          training (ALGORITHMS.md §10.1): cfg_omega = 1, cfg_kappa = 1/3, an effective
+          scale omega / (1 - kappa) = 1.5, milder than the paper's default 2 (omega = 1,
+          kappa = 0.5) and the scale configs/distill/digits.py:cond guides with (not
+          tuned). sCM and shortcut runs are conditional only: their samplers take no
+          guidance.
+  smoke:  a few steps of a tiny U-Net, for tests
+
+The data are the digits as configs/diffusion/digits.py reads them (pixels in [-1, 1]),
+the net its small U-Net with a slower time embedding for all three methods
+(time_scale 10 instead of 1000: MeanFlow's target and sCM's tangent differentiate the
+net in t, and the slower embedding trained much better on the 2-D toys). Each method
+keeps its family defaults (gensuite.methods.defaults) except: MeanFlow's adaptive
+weight p = 0.75, c = 1e-3 (py-meanflow's CIFAR values, ALGORITHMS.md §10.1; the
+defaults are the JAX code's ImageNet p = 1, c = 0.01); sCM's sigma_data 0.5 (its
+default; the pixels' std is about 0.8, as EDM on digits keeps it) and a tangent
+warm-up of a tenth of training. The methods are their own samplers:
+config.sampler.steps is the number of network calls (1; `gensuite eval
+--config.sampler.steps=2` for two; a shortcut model takes powers of two), the name is
+not read. The eval logs fd_digits / kid_digits / precision_digits / recall_digits, as
+the other digits configs do.
+"""
+import ml_collections
+
+from configs import common
+from gensuite import config as config_lib
+
+METHODS = ('meanflow', 'scm', 'shortcut')
+TOKENS = METHODS + ('cond', 'smoke')
+# 3000 steps of batch 128, as configs/diffusion/digits.py: about 1.5 steps/s on 2 CPU
+# cores (the JVP costs about a second forward and backward), so about 35 minutes.
+NUM_STEPS = 3000
+# What the digits change in each method's defaults (see the module docstring).
+DIGITS_METHOD = {
+    'meanflow': dict(adaptive_p=0.75, adaptive_c=1e-3),
+    'scm': dict(sigma_data=0.5, tangent_warmup=NUM_STEPS // 10),
+    'shortcut': dict(),
+}
+# MeanFlow's training-time guidance with labels: effective scale 1.0 / (1 - 1/3) = 1.5.
+COND_GUIDANCE = dict(cfg_omega=1.0, cfg_kappa=1.0 / 3.0)
+
+
+def _net(**overrides) -> ml_collections.ConfigDict:
+  net = common.digits_unet()
+  net.time_scale = 10.0
+  net.update(overrides)
+  return net
+
+
+def _use(name):
+  def edit(c):
+    c.method = common.method(name, **DIGITS_METHOD[name])
+  return edit
+
+
+def _cond(c: ml_collections.ConfigDict) -> None:
+  c.method.class_conditional, c.method.label_dropout = True, 0.1
+  if c.method.name == 'meanflow':
+    c.method.update(COND_GUIDANCE)
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+  common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
+               sampler_steps=None, eval_samples=16, net=dict(channels=8, num_res_blocks=1))
+  c.eval.metrics = ('mmd',)
+  if c.method.name == 'scm':
+    c.method.tangent_warmup = 3
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_lib.base()
+  c.data.name = 'digits'
+  c.net = _net()
+  c.method = common.method('meanflow', **DIGITS_METHOD['meanflow'])
+  # Constant lr after warmup, as configs/diffusion/digits.py: a run can be extended.
+  c.optim.update(lr=1e-3, schedule='constant', warmup_steps=200, ema_decays=(0.999,))
+  c.train.update(num_steps=NUM_STEPS, batch_size=128, log_every=100, eval_every=500,
+                 ckpt_every=500)
+  c.sampler.update(name='euler', steps=1)  # the flow map is its own sampler: steps = NFE
+  c.eval.update(num_samples=500,
+                metrics=('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits'))
+  conditional = []  # applied after the other tokens, to whichever method they chose
+  edits = {
+      **{m: _use(m) for m in METHODS},
+      'cond': lambda c: conditional.append(True),
+  }
+  c = common.apply_variant(c, arg, edits, 'flow_maps digits', smoke_edit=_smoke)
+  if conditional:
+    _cond(c)
+  return c
