@@ -146,6 +146,34 @@ def test_meanflow_sampling_with_the_exact_map_is_the_exact_ode_solution(steps):
     np.testing.assert_allclose(x, MU + S * z, rtol=0, atol=1e-12)
 
 
+def test_meanflow_training_guidance_has_the_effective_scale_omega_over_1_minus_kappa():
+  """At the fixed point u_c = v_g of the training-time guidance (r = t), the model is
+  CFG of scale omega / (1 - kappa): u_c = v_null + w (v_c - v_null) reproduces itself
+  through guided_velocity for w = omega / (1 - kappa) and for no other w. Dropped
+  labels and times outside cfg_t_range keep the plain velocity."""
+  from configs.flow_maps import digits  # pylint: disable=g-import-not-at-top
+  c = digits.get_config('cond,smoke')
+  c.method.cfg_omega, c.method.cfg_kappa, c.method.cfg_t_range = 1.5, 0.4, (0.0, 0.8)
+  method = methods.build(c, data_lib.build(c.data, seed=0, global_batch_size=8).spec)
+  null = method.spec.num_classes
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  z = jax.random.normal(k1, (6, 8, 8, 1))
+  v_c = jax.random.normal(k2, z.shape)  # E[v | z, c] (the tangent's conditional mean)
+  v_null = jax.random.normal(k3, z.shape)
+  t = jnp.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.2])
+  label = jnp.array([1, 2, 3, 4, 5, 6])
+  net_label = label.at[5].set(null)  # the last one dropped
+  for w, fixed in ((1.5 / 0.6, True), (2.0, False)):
+    def u(params, z_, t_, r_, lab=None, w=w):
+      return jnp.where((lab == null)[:, None, None, None], v_null, v_null + w * (v_c - v_null))
+    method.u = u
+    v_g = method.guided_velocity(None, z, t, v_c, label, net_label)
+    u_c = u(None, z, t, t, label)
+    inside = np.asarray((t <= 0.8) & (net_label != null))
+    np.testing.assert_allclose(v_g[~inside], v_c[~inside], atol=1e-6)
+    assert np.allclose(v_g[inside], u_c[inside], atol=1e-5) == fixed
+
+
 # ---- sCM on TrigFlow (t = 0 data) --------------------------------------------------
 
 

@@ -189,3 +189,44 @@ def test_build_rejects_bad_configs():
                    data_shape=(8, 8, 1), out_dim_or_channels=1, num_classes=None)
   assert net.channel_mult == (1, 2)
   assert 'num_classes' not in nets.allowed_fields('unet')
+
+
+def test_dit_zero_init_shapes_conditioning_and_features():
+  """DiT: the real init is the zero function (adaLN-Zero gates and output); with random
+  params the output depends on t, the second time and the label; the features are the
+  last tokens as a [B, H/p, W/p, hidden] map; jax.jvp through it matches finite
+  differences (flow maps differentiate their net in t)."""
+  net = nets.build(_cfg(name='dit', patch_size=2, hidden=32, depth=2, num_heads=4,
+                        time_scale=1.0),  # smooth in t: a finite difference can follow it
+                   data_shape=(8, 8, 3), out_dim_or_channels=3, num_classes=10,
+                   second_time=True)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  t, r, label = jnp.array([0.1, 0.9]), jnp.array([0.0, 0.5]), jnp.array([3, 10])
+  init = jax.jit(lambda: net.init_with_output(jax.random.key(0, impl='unsafe_rbg'), x, t,
+                                              label=label, second_time=r))
+  out, variables = init()
+  np.testing.assert_array_equal(out, 0.0)
+  assert 'time2_emb' in variables['params']
+  params = _random_params(net, x, t, label=label, second_time=r)
+  print(f'dit (8, 8, 3): {nets.param_count(params)} params')
+
+  def f(p, x, t, r, label):
+    return net.apply({'params': p}, x, t, label=label, second_time=r)
+  out = jax.jit(f)(params, x, t, r, label)
+  assert out.shape == (2, 8, 8, 3) and bool(jnp.all(jnp.isfinite(out)))
+  for other in ((x, t[::-1], r, label), (x, t, r[::-1], label), (x, t, r, label[::-1])):
+    assert float(jnp.abs(jax.jit(f)(params, *other) - out).max()) > 1e-4
+  _, features = net.apply({'params': params}, x, t, label=label, second_time=r,
+                          return_features=True)
+  assert features.shape == (2, 4, 4, 32)
+  fn = lambda t_: f(params, x, t_, r, label)
+  _, tangent = jax.jvp(fn, (t,), (jnp.ones_like(t),))
+  h = 1e-2
+  fd = (fn(t + h) - fn(t - h)) / (2 * h)
+  np.testing.assert_allclose(tangent, fd, rtol=0.05, atol=0.02 * float(jnp.abs(fd).max()))
+  with pytest.raises(ValueError, match='patch_size=3 does not divide the image size 8x8'):
+    nets.build(_cfg(name='dit', patch_size=3, hidden=32, depth=1, num_heads=4),
+               data_shape=(8, 8, 3), out_dim_or_channels=3, num_classes=None).init(
+                   jax.random.PRNGKey(0), x, t)
+  with pytest.raises(ConfigError, match="net 'dit' needs image data"):
+    nets.build(_cfg(name='dit'), data_shape=(2,), out_dim_or_channels=2, num_classes=None)

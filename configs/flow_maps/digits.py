@@ -8,6 +8,8 @@
 
 Variant tokens (comma-separated, any order):
   method: meanflow (default), scm (sCT), shortcut
+  dit:    the transformer backbone (gensuite.nets.DiT: 2x2 patches of the 8x8 image, 16
+          tokens, width 128, 4 blocks, 4 heads, time_scale 10) instead of the U-Net
   cond:   class-conditional with 10% label dropout. MeanFlow also bakes guidance into
           training (ALGORITHMS.md §10.1): cfg_omega = 1, cfg_kappa = 1/3, an effective
           scale omega / (1 - kappa) = 1.5, milder than the paper's default 2 (omega = 1,
@@ -36,7 +38,7 @@ from configs import common
 from gensuite import config as config_lib
 
 METHODS = ('meanflow', 'scm', 'shortcut')
-TOKENS = METHODS + ('cond', 'smoke')
+TOKENS = METHODS + ('cond', 'dit', 'smoke')
 # 3000 steps of batch 128, as configs/diffusion/digits.py: about 1.5 steps/s on 2 CPU
 # cores (the JVP costs about a second forward and backward), so about 35 minutes.
 NUM_STEPS = 3000
@@ -69,9 +71,16 @@ def _cond(c: ml_collections.ConfigDict) -> None:
     c.method.update(COND_GUIDANCE)
 
 
+def _dit(c: ml_collections.ConfigDict) -> None:
+  c.net = ml_collections.ConfigDict(dict(name='dit', patch_size=2, hidden=128, depth=4,
+                                         num_heads=4, time_scale=10.0))
+
+
 def _smoke(c: ml_collections.ConfigDict) -> None:
+  tiny = (dict(hidden=16, depth=1, num_heads=2) if c.net.name == 'dit'
+          else dict(channels=8, num_res_blocks=1))
   common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
-               sampler_steps=None, eval_samples=16, net=dict(channels=8, num_res_blocks=1))
+               sampler_steps=None, eval_samples=16, net=tiny)
   c.eval.metrics = ('mmd',)
   if c.method.name == 'scm':
     c.method.tangent_warmup = 3
@@ -93,6 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   edits = {
       **{m: _use(m) for m in METHODS},
       'cond': lambda c: conditional.append(True),
+      'dit': _dit,
   }
   c = common.apply_variant(c, arg, edits, 'flow_maps digits', smoke_edit=_smoke)
   if conditional:

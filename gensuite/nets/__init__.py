@@ -19,19 +19,20 @@ import flax.linen as nn
 import jax
 
 from gensuite.errors import ConfigError, lookup
+from gensuite.nets.dit import DiT
 from gensuite.nets.embeddings import sinusoidal_embedding
 from gensuite.nets.energy import EnergyConv, EnergyMLP, GMMEnergy
 from gensuite.nets.mlp import TimeMLP
 from gensuite.nets.unet import UNet
 
-__all__ = ['NETS', 'TimeMLP', 'UNet', 'allowed_fields', 'build', 'param_count',
+__all__ = ['NETS', 'DiT', 'TimeMLP', 'UNet', 'allowed_fields', 'build', 'param_count',
            'sinusoidal_embedding']
 
-NETS = {'mlp': TimeMLP, 'unet': UNet}
+NETS = {'mlp': TimeMLP, 'unet': UNet, 'dit': DiT}
 
 # Per net: the field that receives out_dim_or_channels, and the data rank it accepts.
-_OUT_FIELD = {'mlp': 'out_dim', 'unet': 'out_channels'}
-_DATA_RANK = {'mlp': 1, 'unet': 3}
+_OUT_FIELD = {'mlp': 'out_dim', 'unet': 'out_channels', 'dit': 'out_channels'}
+_DATA_RANK = {'mlp': 1, 'unet': 3, 'dit': 3}
 _DATA_KIND = {1: 'vector data [D]', 3: 'image data [H, W, C]'}
 _SUGGEST = {1: 'mlp', 3: 'unet'}
 # Energy nets U(x) -> [B] (gensuite.nets.energy); the out field is the data's last axis.
