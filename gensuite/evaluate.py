@@ -55,7 +55,8 @@ def evaluate(exp, state, step: int, writer=None,
   if writer is not None:
     writer.write_scalars(step, results)
     if exp.config.train.get('log_images', True):
-      image = samples_picture(exp, samples, reference, step)
+      image = samples_picture(exp, samples, reference, step, state=state,
+                              rng=jax.random.fold_in(k_sample, 10**6), sample_kw=kw)
       if image is not None:
         images = {'samples': image, **images}
       for name, picture in images.items():
@@ -67,9 +68,21 @@ def evaluate(exp, state, step: int, writer=None,
   return results
 
 
-def samples_picture(exp, samples, reference, step):
-  """The samples as an image grid (images) or a scatter plot over the data (2-D)."""
+def samples_picture(exp, samples, reference, step, state=None, rng=None, sample_kw=None):
+  """The samples as an image grid (images) or data | samples panels (2-D).
+
+  A class-conditional image model (with `state` given) draws its grid afresh, with the
+  labels 0, 1, ..., C-1, 0, ... in reading order, written under each image; the
+  samples the metrics saw are not changed.
+  """
   if exp.data.spec.kind == 'image' or samples.ndim == 4:  # 4: decoded latents
+    classes = exp.data.spec.num_classes
+    if state is not None and classes and getattr(exp.method, 'conditional', False):
+      n = exp.mesh.size * int(np.ceil(64 / exp.mesh.size))
+      labels = tuple(int(i) % classes for i in range(n))
+      grid = exp.sample(state, rng, n, label=labels, **(sample_kw or {}))
+      return pictures.image_grid(grid[:64], ncols=classes if classes <= 16 else None,
+                                 labels=labels[:64])
     return pictures.image_grid(samples[:64])
   if samples.shape[-1] >= 2:
     return pictures.scatter_plot(samples[:, :2], reference[:, :2], title=f'step {step}')

@@ -1,57 +1,120 @@
 """Pictures of samples: image grids, 2-D scatter plots, PNG files (numpy in, uint8 out).
 
   grid = pictures.image_grid(x)                         # [N, H, W, C] in [-1, 1]
+  grid = pictures.image_grid(x, labels=y)               # a class label under each image
   plot = pictures.scatter_plot(samples, reference, title='step 100')
+  plot = pictures.scatter_plot(samples, reference, trajectories=traj)  # [T, n, 2] paths
   pictures.save_png('samples.png', grid)
 
 The loop logs them to TensorBoard and DIR/samples/; methods draw their own with them.
+They are for looking at, not for measuring: a grid upscales small images by an integer
+factor with nearest-neighbour pixels (each image at least `min_side` px a side: an
+8x8 digit becomes 32x32) and separates them with a grey border; the arrays a run
+returns or `gensuite sample` writes are never changed. A 2-D plot puts the data and
+the samples in side-by-side panels with the same axes (the data drawn under the
+samples would hide where the samples cover them), and a third panel of trajectories
+when given.
 """
 import math
 
 import numpy as np
 
+BORDER = 96     # grey between images, visible on black and white digits alike
+LABEL_H = 11    # px of the strip under each image that holds its label
 
-def image_grid(x: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
-  """Images in [-1, 1], [N, H, W, C] -> one uint8 [rows*(H+pad), cols*(W+pad), C] grid."""
+
+def _label_strip(text: str, width: int) -> np.ndarray:
+  """A [LABEL_H, width] uint8 strip with `text` in white on black (PIL's default font)."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  strip = Image.new('L', (width, LABEL_H), 0)
+  draw = ImageDraw.Draw(strip)
+  left, _, right, _ = draw.textbbox((0, 0), text)
+  draw.text((max(0, (width - (right - left)) // 2), 0), text, fill=255)
+  return np.asarray(strip, np.uint8)
+
+
+def image_grid(x: np.ndarray, ncols: int | None = None, pad: int = 2,
+               min_side: int = 32, labels=None) -> np.ndarray:
+  """Images in [-1, 1], [N, H, W, C] -> one uint8 RGB grid (module docstring).
+
+  Each image is scaled by s = ceil(min_side / min(H, W)) (1 for images already that
+  large) with nearest-neighbour pixels; `pad` px of grey separate them; `labels` ([N]
+  ints or strings) are written under the images.
+  """
   x = np.clip((np.asarray(x, np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
   n, h, w, c = x.shape
+  scale = max(1, int(math.ceil(min_side / max(1, min(h, w)))))
+  if scale > 1:
+    x = np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)
+    h, w = h * scale, w * scale
+  if c == 1:
+    x = np.repeat(x, 3, axis=-1)
+  elif c != 3:
+    x = np.repeat(x[..., :1], 3, axis=-1)
+  label_h = LABEL_H if labels is not None else 0
+  cell_h, cell_w = h + label_h + pad, w + pad
   ncols = ncols or int(math.ceil(math.sqrt(n)))
   nrows = int(math.ceil(n / ncols))
-  grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.uint8)
+  grid = np.full((nrows * cell_h + pad, ncols * cell_w + pad, 3), BORDER, np.uint8)
   for i in range(n):
     r, q = divmod(i, ncols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
-         pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
-  if c == 1:
-    grid = np.repeat(grid, 3, axis=-1)
+    top, left = pad + r * cell_h, pad + q * cell_w
+    grid[top:top + h, left:left + w] = x[i]
+    if labels is not None:
+      grid[top + h:top + h + label_h, left:left + w] = _label_strip(str(labels[i]), w)[..., None]
   return grid
 
 
+def _limits(*point_sets):
+  pts = np.concatenate([p.reshape(-1, 2) for p in point_sets if p is not None])
+  pts = pts[np.all(np.isfinite(pts), axis=1)]
+  if not len(pts):
+    return None
+  lo, hi = np.percentile(pts, [0.5, 99.5], axis=0)
+  span = (hi - lo).max() * 0.6 + 1e-3
+  mid = (hi + lo) / 2
+  return (mid[0] - span, mid[0] + span), (mid[1] - span, mid[1] + span)
+
+
 def scatter_plot(samples: np.ndarray, reference: np.ndarray | None = None,
-                 title: str = '', size: float = 4.0) -> np.ndarray:
-  """2-D samples (and reference data) as a uint8 [H, W, 3] scatter plot."""
+                 title: str = '', size: float = 3.2,
+                 trajectories: np.ndarray | None = None) -> np.ndarray:
+  """2-D samples as a uint8 [H, W, 3] picture: panels data | samples [| trajectories].
+
+  reference: data points (left panel; omitted when None). trajectories: [T, n, 2]
+  states of n points along a sampler's path (first state dot, path line, last state
+  dot), drawn over the data in grey. All panels share the axes.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(size, size), dpi=80)
+  panels = (['data'] if reference is not None else []) + ['samples'] + (
+      ['trajectories'] if trajectories is not None else [])
+  fig = Figure(figsize=(size * len(panels), size + 0.3), dpi=80)
   canvas = FigureCanvasAgg(fig)
-  ax = fig.add_subplot(111)
-  if reference is not None:
-    ax.scatter(reference[:, 0], reference[:, 1], s=1, c='tab:gray', alpha=0.4, label='data')
-  ax.scatter(samples[:, 0], samples[:, 1], s=1, c='tab:blue', alpha=0.6, label='samples')
-  pts = samples if reference is None else np.concatenate([samples, reference])
-  pts = pts[np.all(np.isfinite(pts), axis=1)]
-  if len(pts):
-    lo, hi = np.percentile(pts, [0.5, 99.5], axis=0)
-    span = (hi - lo).max() * 0.6 + 1e-3
-    mid = (hi + lo) / 2
-    ax.set_xlim(mid[0] - span, mid[0] + span)
-    ax.set_ylim(mid[1] - span, mid[1] + span)
-  ax.set_aspect('equal')
-  ax.legend(loc='upper right', markerscale=6, fontsize=7)
-  if title:
-    ax.set_title(title, fontsize=9)
+  limits = _limits(samples, reference)
+  for k, panel in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), k + 1)
+    if panel == 'data':
+      ax.scatter(reference[:, 0], reference[:, 1], s=1, c='tab:gray', alpha=0.6)
+    elif panel == 'samples':
+      ax.scatter(samples[:, 0], samples[:, 1], s=1, c='tab:blue', alpha=0.6)
+    else:
+      if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c='tab:gray', alpha=0.25)
+      traj = np.asarray(trajectories)
+      for j in range(traj.shape[1]):
+        ax.plot(traj[:, j, 0], traj[:, j, 1], lw=0.6, c='tab:orange', alpha=0.8)
+      ax.scatter(traj[0, :, 0], traj[0, :, 1], s=3, c='k')
+      ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=3, c='tab:blue')
+    if limits is not None:
+      ax.set_xlim(*limits[0])
+      ax.set_ylim(*limits[1])
+    ax.set_aspect('equal')
+    ax.set_title(panel if not title else f'{panel} ({title})' if panel == 'samples' else panel,
+                 fontsize=9)
+    ax.tick_params(labelsize=7)
   fig.tight_layout()
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()

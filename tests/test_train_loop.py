@@ -113,5 +113,15 @@ def test_digits_unet_run_logs_an_image_grid(tmp_path):
   assert pngs == ['step_00000006.png']
   from PIL import Image  # pylint: disable=g-import-not-at-top
   image = np.asarray(Image.open(os.path.join(workdir, 'samples', pngs[0])))
-  assert image.shape[0] > 8 * 4 and image.shape[-1] == 3
+  # A conditional run's grid: one column per class (10), each 8x8 digit drawn at
+  # 32x32 with its label in a strip under it, a 2 px border around each.
+  assert image.shape[-1] == 3
+  assert image.shape[1] == 10 * (32 + 2) + 2
+  assert image.shape[0] == 7 * (32 + 11 + 2) + 2  # 64 digits: 7 rows of 10
+  # The pictures are for looking: `gensuite sample` writes the exact 8x8 samples.
+  out = os.path.join(workdir, 'x.npz')
+  run_cli('sample', f'--workdir={workdir}', '--num=5', '--sampler=euler', '--steps=4',
+          f'--out={out}')
+  got = np.load(out)['samples']
+  assert got.shape == (5, 8, 8, 1) and got.dtype == np.float32
   assert sorted(losses(workdir)) == [2, 4, 6]

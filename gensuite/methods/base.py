@@ -216,8 +216,8 @@ class FieldSampling:
     if not self.conditional:
       return None
     if label is None:
-      label = jax.random.randint(rng, (num,), 0, self.spec.num_classes)
-    return label
+      return jax.random.randint(rng, (num,), 0, self.spec.num_classes)
+    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num,))
 
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,

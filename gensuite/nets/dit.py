@@ -16,8 +16,9 @@ Structure:
 The zero-initialised gates and output make the initial net the zero function, as
 DiT's adaLN-Zero (and the U-Net's zero-initialised convs) do.
 
-Attention is written with einsums (no fused kernel), so jax.jvp, which MeanFlow's
-target and sCM's tangent take through the net, works in every precision. H and W
+Attention is jax.nn.dot_product_attention: with attention='xla' (the default) it is
+plain XLA, which jax.jvp (MeanFlow's target, sCM's tangent) goes through in every
+precision; 'cudnn' asks for cuDNN's fused flash attention on GPUs (bf16/fp16). H and W
 must be multiples of patch_size (checked with one line). `second_time` (flow maps:
 MeanFlow's t - r, a shortcut step size) gets its own embedding, summed into c; init
 and apply must agree on whether it is given. With return_features=True the call also
@@ -56,8 +57,12 @@ def _modulate(x, shift, scale):
   return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
+ATTENTION = ('xla', 'cudnn')
+
+
 class Attention(nn.Module):
   num_heads: int
+  implementation: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
@@ -65,8 +70,7 @@ class Attention(nn.Module):
     heads = self.num_heads
     qkv = nn.Dense(3 * d, name='qkv')(x).reshape(b, n, 3, heads, d // heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(d // heads)
-    out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
     return nn.Dense(d, name='proj')(out.reshape(b, n, d))
 
 
@@ -74,6 +78,7 @@ class DiTBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dropout: float = 0.0
+  attention: str = 'xla'
 
   @nn.compact
   def __call__(self, x, c, train: bool):
@@ -81,7 +86,8 @@ class DiTBlock(nn.Module):
     mod = nn.Dense(6 * d, kernel_init=_zeros, name='adaln')(nn.silu(c))
     s1, sc1, g1, s2, sc2, g2 = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6, name=name)
-    h = Attention(self.num_heads, name='attn')(_modulate(norm('norm_0')(x), s1, sc1))
+    h = Attention(self.num_heads, self.attention, name='attn')(
+        _modulate(norm('norm_0')(x), s1, sc1))
     x = x + g1[:, None, :] * h
     h = _modulate(norm('norm_1')(x), s2, sc2)
     h = nn.gelu(nn.Dense(int(d * self.mlp_ratio), name='mlp_0')(h), approximate=True)
@@ -103,6 +109,9 @@ class DiT(nn.Module):
     dropout: dropout in the MLPs, active when train=True.
     num_classes: number of classes for conditioning; None for unconditional.
     time_scale: t is embedded as sin/cos(time_scale * t * w_k); see embeddings.py.
+    attention: jax.nn.dot_product_attention's implementation: 'xla' (any device and
+      dtype, differentiable by jax.jvp) or 'cudnn' (fused flash attention on NVIDIA
+      GPUs, float16/bfloat16 only, no JVP: not for MeanFlow / sCM).
   """
   out_channels: int
   patch_size: int = 2
@@ -113,6 +122,7 @@ class DiT(nn.Module):
   dropout: float = 0.0
   num_classes: int | None = None
   time_scale: float = 1000.0
+  attention: str = 'xla'
   # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
   supports_second_time = True
@@ -123,6 +133,9 @@ class DiT(nn.Module):
                second_time: jax.Array | None = None):
     if x.ndim != 4:
       raise ValueError(f'DiT wants images [B, H, W, C], got shape {x.shape}')
+    if self.attention not in ATTENTION:
+      raise ValueError(f'DiT attention must be one of {", ".join(ATTENTION)}, got '
+                       f'{self.attention!r}')
     b, hgt, wid, _ = x.shape
     p = self.patch_size
     if hgt % p or wid % p:
@@ -142,8 +155,8 @@ class DiT(nn.Module):
     if self.num_classes:
       c = c + LabelEmbedding(self.num_classes, self.hidden, name='label_emb')(label, b)
     for i in range(self.depth):
-      tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f'block_{i}')(
-          tokens, c, train)
+      tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, self.attention,
+                        name=f'block_{i}')(tokens, c, train)
     shift, scale = jnp.split(nn.Dense(2 * self.hidden, kernel_init=_zeros,
                                       name='final_adaln')(nn.silu(c)), 2, axis=-1)
     h = _modulate(nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6,
