@@ -280,6 +280,16 @@ def test_scm_one_and_two_step_samples_of_the_exact_function():
     assert abs(mean - MU) < 0.01 and abs(std - S) < 0.01
 
 
+def test_ect_r_schedule_matches_the_reference_values():
+  """ECT's r(t) (ALGORITHMS.md §10, check 6) at t = 0.01, 0.5, 2, 10, 80 in stages 0
+  and 3."""
+  method, _ = _method('ect,smoke', **{'method.ect_stage_steps': 100})
+  sigma = jnp.array([0.01, 0.5, 2.0, 10.0, 80.0])
+  np.testing.assert_allclose(method.ect_r(sigma, 0), [0, 0, 0.046, 5.00, 40], atol=6e-3)
+  np.testing.assert_allclose(method.ect_r(sigma, 399), [0.0069, 0.374, 1.756, 9.375, 75],
+                             atol=6e-3)
+
+
 # ---- shortcut models (t = 0 noise, t = 1 data) --------------------------------------
 
 
@@ -333,7 +343,7 @@ def test_shortcut_sampling_with_the_exact_velocity_is_exact(steps):
 # ---- training, errors, CLI ---------------------------------------------------------
 
 
-@pytest.mark.parametrize('arg', ['meanflow,smoke', 'scm,smoke', 'shortcut,smoke'])
+@pytest.mark.parametrize('arg', ['meanflow,smoke', 'scm,smoke', 'ect,smoke', 'shortcut,smoke'])
 def test_each_method_trains_and_samples_with_1_2_4_steps(arg):
   method, data = _method(arg)
   state = jax.jit(method.init)(jax.random.PRNGKey(0), jax.tree.map(jnp.asarray, data.batch(0)))
@@ -363,8 +373,8 @@ def test_config_errors():
     method.check_steps(256)
   with pytest.raises(ConfigError, match='class_conditional needs labelled data'):
     _method('meanflow,smoke', **{'method.class_conditional': True})
-  with pytest.raises(ConfigError, match="unknown method.training 'ect'; allowed: sct, scd"):
-    _method('scm,smoke', **{'method.training': 'ect'})
+  with pytest.raises(ConfigError, match="unknown method.training 'ecm'; allowed: sct, scd, ect"):
+    _method('scm,smoke', **{'method.training': 'ecm'})
   with pytest.raises(ConfigError, match='label dropout'):
     _method('meanflow,smoke', **{'method.cfg_kappa': 0.5})
   with pytest.raises(ConfigError, match="bootstrap_target='ema' reads an EMA"):

@@ -7,7 +7,9 @@
 The variant is a comma-separated list of tokens, in any order:
   method: meanflow (default), scm (sCT), scd (sCM distilled from the data's exact
           denoiser, config.teacher.analytic='data'; a trained run instead:
-          --config.teacher.analytic= --config.teacher.workdir=DIR), shortcut
+          --config.teacher.analytic= --config.teacher.workdir=DIR), ect (sCM's
+          parametrisation trained by ECT's discrete-time consistency: sigma ~
+          LogNormal(-1.1, 2), a new stage every eighth of training), shortcut
   data:   unequal8 (default: 8 modes on a circle of radius 2, std 0.15, weights
           0.04 .. 0.25, as configs/distill/toy2d.py), 8gaussians, grid
   smoke:  a few steps of a tiny net, for tests
@@ -79,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **{m: _use(m) for m in METHODS},
       'scd': lambda c: (_use('scm')(c), common.setter(**{
           'method.training': 'scd', 'teacher.analytic': 'data'})(c)),
+      'ect': lambda c: (_use('scm')(c), common.setter(**{
+          'method.training': 'ect', 'method.p_mean': -1.1, 'method.p_std': 2.0,
+          'method.ect_stage_steps': NUM_STEPS // 8})(c)),
       'unequal8': common.setter(**{'data.name': 'gaussian_mixture',
                                    'data.params': unequal8_params()}),
       '8gaussians': common.setter(**{'data.name': '8gaussians', 'data.params': {}}),
@@ -89,4 +94,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.smoke(c, sampler_steps=None, net=dict(hidden=32, depth=2, emb_dim=16))
     if c.method.name == 'scm':
       c.method.tangent_warmup = 10
+      c.method.ect_stage_steps = 5
   return common.apply_variant(c, arg, edits, 'flow_maps toy2d', smoke_edit=smoke)

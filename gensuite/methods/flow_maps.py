@@ -33,6 +33,13 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             (training='scd') it is the teacher's PF-ODE velocity (cos t x_t - D)/sin t,
             D the teacher's denoiser at sigma = sigma_d tan t (config.teacher, as
             distillation reads it: an analytic mixture or a run's workdir).
+            training='ect' is ECT's discrete-time consistency (Geng et al., arXiv
+            2406.14548) on the same parametrisation, in EDM sigma units (sigma =
+            sigma_d tan t): sigma ~ LogNormal(p_mean, p_std), r = max(0, sigma (1 -
+            2^-(s+1) (1 + 8 sigmoid(-sigma)))) at stage s = step // ect_stage_steps,
+            x_sigma and x_r share the noise (and the dropout key), and the loss is
+            ||f(x_sigma) - sg(f(x_r))||_2 / (sigma - r) (not squared), the target being
+            the data where r = 0; no JVP and no tangent.
   shortcut  (Frans et al., arXiv 2410.12557) t = 0 noise, t = 1 data, x_t = (1-t) x0 + t x1.
             The net s(x_t, t, d) is the step-size-conditioned velocity:
             x_{t+d} ~ x_t + d s. Flow matching (target x1 - x0) at the smallest step
@@ -44,7 +51,7 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             +-target_clip (0: not clipped). Sampling takes M = steps, a power of two
             <= max_steps: x <- x + s(x, i/M, 1/M) / M.
 
-All three condition on class labels (method.class_conditional) with label dropout to
+All condition on class labels (method.class_conditional) with label dropout to
 the null label. Parameters are {'net': ...} (sCM adds {'weight': ...}, its l(t)).
 """
 import math
@@ -290,7 +297,10 @@ class SCM(FlowMap):
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
     mc = self.mc
-    self.training = choice(mc, 'training', ('sct', 'scd'))
+    self.training = choice(mc, 'training', ('sct', 'scd', 'ect'))
+    self.ect_stage_steps = int(mc.ect_stage_steps)
+    if self.ect_stage_steps < 1:
+      raise ConfigError(f'method.ect_stage_steps must be >= 1, got {self.ect_stage_steps}')
     self.sigma_d = float(mc.sigma_data)
     self.p_mean, self.p_std = float(mc.p_mean), float(mc.p_std)
     self.warmup = int(mc.tangent_warmup)
@@ -308,6 +318,8 @@ class SCM(FlowMap):
     self.cfg_scale = float(mc.teacher_cfg_scale)
 
   def extra_params(self, rng):
+    if self.training == 'ect':  # no adaptive weighting: the unsquared norm is ECT's
+      return {}
     return {'weight': self.weight_net.init(rng, jnp.zeros((1,)))['params']}
 
   def F(self, params, x, t, label=None, train=False, rng=None):
@@ -345,7 +357,36 @@ class SCM(FlowMap):
     rms = jnp.sqrt(_mean_dims(g**2))
     return sg(f_minus), sg(g / _bcast(rms + self.norm_c, g)), rms
 
+  def ect_r(self, sigma, step):
+    """ECT's r(sigma) at stage step // ect_stage_steps (EDM sigma units)."""
+    stage = (jnp.asarray(step) // self.ect_stage_steps).astype(jnp.float32)
+    return jnp.maximum(0.0, sigma * (1.0 - 2.0**-(stage + 1) * (1.0 + 8.0 * jax.nn.sigmoid(
+        -sigma))))
+
+  def ect_loss(self, params, batch, rng, state=None):
+    x0 = batch['x']
+    n = x0.shape[0]
+    k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
+    z = self.sigma_d * jax.random.normal(k_z, x0.shape, x0.dtype)
+    sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(k_t, (n,)))
+    r = self.ect_r(sigma, 0 if state is None else state.step)
+    t, t_r = jnp.arctan(sigma / self.sigma_d), jnp.arctan(r / self.sigma_d)
+    _, net_label = self.train_labels(batch, k_drop)
+
+    def f(p, tt):
+      tb = _bcast(tt, x0)
+      x = jnp.cos(tb) * x0 + jnp.sin(tb) * z
+      return jnp.cos(tb) * x - jnp.sin(tb) * self.sigma_d * self.F(p, x, tt, net_label, True,
+                                                                   k_net)
+    target = jnp.where(_bcast(r > 0, x0), sg(f(params['net'], t_r)), x0)
+    dist = jnp.sqrt(_sum_dims((f(params['net'], t) - target)**2) + 1e-12)
+    loss = jnp.mean(dist / (sigma - r))
+    return loss, {'loss': loss, 'mse': jnp.mean(dist**2) / np.prod(self.data_shape),
+                  'r_over_sigma': jnp.mean(r / sigma)}
+
   def loss(self, params, batch, rng, state=None):
+    if self.training == 'ect':
+      return self.ect_loss(params, batch, rng, state)
     x0 = batch['x']
     n = x0.shape[0]
     k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
