@@ -6,8 +6,8 @@
 
 For each size every method runs with identical net settings, batch, data and optimizer;
 only config.method differs:
-  toy     configs/flow_maps/toy2d.py's default: MLP hidden 256, depth 4, emb_dim 64,
-          batch 1024 on the 2-D unequal8 mixture (each flow-map method's section from
+  toy     configs/flow_maps/toy2d.py's default net and batch (MLP hidden 128, depth 3,
+          time_scale 10, batch 256) on the 2-D unequal8 mixture (each flow-map method's section from
           its toy2d variant; the net of the default config for all);
   digits  configs/flow_maps/digits.py's default net and batch if that file exists,
           else configs/flow_matching/digits.py's (the small U-Net, batch 128, 8x8
