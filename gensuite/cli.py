@@ -7,6 +7,7 @@
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
+                  [--devices_per_run=K] [--launcher=slurm --slurm.partition=P --slurm.time=4:00:00]
   gensuite phema  --workdir=DIR --std=0.075 [--step=N]   # post-hoc EMA -> use_ema=phema_0.075
 
 Bad input (unknown names, wrong types, incompatible settings, a config file that
@@ -45,6 +46,9 @@ from gensuite.errors import ConfigError
 from gensuite.train import workdir as workdir_lib
 
 Command = collections.namedtuple('Command', 'summary usage flags required')
+# sweep --launcher=slurm: --slurm.<name> (gensuite.launchers.SLURM_SETTINGS).
+_SLURM_FLAGS = ('partition', 'gpus_per_run', 'time', 'cpus_per_run', 'mem_gb', 'account',
+                'qos', 'constraint', 'setup', 'executor')
 # Every command: a one-line summary, its usage lines, the flags it reads (in the
 # order --help lists them) and which of those it requires.
 COMMANDS = {
@@ -79,8 +83,12 @@ COMMANDS = {
     'sweep': Command(
         'Train one run per point of a sweep file and tabulate them.',
         ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
-         '[--parallel=N]',),
-        ('config', 'sweep', 'workdir', 'parallel', 'verbose'), ('config', 'sweep', 'workdir')),
+         '[--parallel=N] [--devices_per_run=K]',
+         'gensuite sweep ... --launcher=slurm --slurm.partition=P --slurm.gpus_per_run=1 '
+         '--slurm.time=4:00:00'),
+        ('config', 'sweep', 'workdir', 'parallel', 'devices_per_run', 'launcher',
+         *(f'slurm.{name}' for name in _SLURM_FLAGS), 'verbose'),
+        ('config', 'sweep', 'workdir')),
     'phema': Command(
         'Reconstruct a post-hoc EMA (EDM2) of a run trained with optim.phema_stds, for '
         'sample/eval with --config.eval.use_ema=phema_<std>.',
@@ -121,8 +129,31 @@ flags.DEFINE_integer('step', None, 'sample/eval: checkpoint step; phema: the sna
                      'to reconstruct at (default: latest).')
 flags.DEFINE_float('std', None, 'phema: relative std of the EMA profile to reconstruct, in '
                    '(0, 0.2887) (EDM2\'s sigma_rel, e.g. 0.05 short ... 0.2 long).')
-flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep().')
-flags.DEFINE_integer('parallel', 1, 'sweep: runs at a time.')
+flags.DEFINE_string('sweep', None, 'sweep: a Python file with get_sweep() (a list of '
+                    'overrides) or get_study() (an Optuna search; needs the optuna extra).')
+flags.DEFINE_integer('parallel', 1, 'sweep: runs (or study trials) at a time; with '
+                     '--launcher=slurm, the job array\'s parallelism (default there: no limit; '
+                     'a study: 1 trial at a time).')
+flags.DEFINE_integer('devices_per_run', None, 'sweep: devices each run sees (local launcher); '
+                     'runs wait for free devices. Default: all for a single run, 1 when '
+                     '--parallel > 1 on GPU/TPU; on CPU all unless given.')
+flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'sweep: where runs train: this '
+                  'host, or a SLURM job array through submitit (needs the slurm extra).')
+flags.DEFINE_string('slurm.partition', None, 'sweep --launcher=slurm: the partition.')
+flags.DEFINE_integer('slurm.gpus_per_run', 1, 'sweep --launcher=slurm: GPUs per run.')
+flags.DEFINE_string('slurm.time', '60', 'sweep --launcher=slurm: time limit of a run\'s job '
+                    '(minutes, HH:MM:SS or D-HH:MM:SS); a run near it checkpoints and is '
+                    'requeued.')
+flags.DEFINE_integer('slurm.cpus_per_run', None, 'sweep --launcher=slurm: CPUs per run.')
+flags.DEFINE_float('slurm.mem_gb', None, 'sweep --launcher=slurm: memory per run in GB.')
+flags.DEFINE_string('slurm.account', None, 'sweep --launcher=slurm: the account.')
+flags.DEFINE_string('slurm.qos', None, 'sweep --launcher=slurm: the QOS.')
+flags.DEFINE_string('slurm.constraint', None, 'sweep --launcher=slurm: node features.')
+flags.DEFINE_list('slurm.setup', None, 'sweep --launcher=slurm: shell lines run before each '
+                  'task (e.g. module load cuda).')
+flags.DEFINE_enum('slurm.executor', 'slurm', ['slurm', 'local'], 'sweep --launcher=slurm: '
+                  'local runs the same tasks through submitit\'s LocalExecutor on this '
+                  'machine (to try the path without a cluster).')
 flags.DEFINE_bool('suite', False, 'bench: every config x device count, a markdown table.')
 flags.DEFINE_list('configs', None, 'bench --suite: config specs (default: every '
                   'configs/<family>/*.py).')
@@ -414,9 +445,14 @@ def _bench():
 def _sweep():
   _require('config', 'sweep', 'workdir')
   from gensuite import sweep  # pylint: disable=g-import-not-at-top
+  slurm = {name: FLAGS[f'slurm.{name}'].value for name in _SLURM_FLAGS
+           if FLAGS[f'slurm.{name}'].present}
   rows = sweep.run(config_flags.get_config_filename(FLAGS['config']), FLAGS.sweep,
-                   FLAGS.workdir, parallel=FLAGS.parallel,
-                   base_overrides=config_flags.get_override_values(FLAGS['config']))
+                   FLAGS.workdir,
+                   parallel=FLAGS.parallel if FLAGS['parallel'].present else None,
+                   base_overrides=config_flags.get_override_values(FLAGS['config']),
+                   launcher=FLAGS.launcher, devices_per_run=FLAGS.devices_per_run,
+                   slurm=slurm, config=FLAGS.config)
   print(sweep.format_table(rows))
   print(f'summary: {FLAGS.workdir}/summary.csv; tensorboard --logdir {FLAGS.workdir}')
 

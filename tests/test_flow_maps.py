@@ -385,7 +385,8 @@ def test_config_errors():
     (['--config=configs/flow_maps/toy2d.py:smoke', '--config.net.name=energy_mlp'],
      "net 'energy_mlp' takes no second time input"),
     (['--config=configs/flow_maps/toy2d.py:smoke', '--config.method.name=meanflw'],
-     "unknown method 'meanflw'"),
+     "unknown method name 'meanflw'; allowed: diffusion, distill, ebm, flow_matching, "
+     'meanflow, scm, shortcut, vae'),
     (['--config=configs/flow_maps/toy2d.py:meanflw,smoke'],
      "unknown flow_maps toy2d variant 'meanflw'"),
 ])
@@ -400,12 +401,15 @@ def test_bad_input_exits_2_with_one_line_before_writing(tmp_path, args, message)
 
 
 def test_meanflow_resumes_bitwise_and_samples_from_the_cli(tmp_path):
-  """20 straight steps equal 10 + 10 with a restart, bit for bit; `gensuite sample
-  --steps=2` then writes two-step samples and eval logs the mixture metrics."""
+  """20 straight steps equal a run killed (SIGKILL) after step 13 and resumed from its
+  step-10 checkpoint, bit for bit; `gensuite sample --steps=2` then writes two-step
+  samples and eval logs the mixture metrics."""
   full, split = tmp_path / 'full', tmp_path / 'split'
   args = ['--config=configs/flow_maps/toy2d.py:smoke', '--config.train.ckpt_every=10']
   run_cli('train', f'--workdir={full}', *args)
-  run_cli('train', f'--workdir={split}', *args, '--config.train.num_steps=10')
+  killed = run_cli('train', f'--workdir={split}', *args, check=False,
+                   GENSUITE_FAULT_KILL_AT_STEP=13)
+  assert killed.returncode == -9, killed.stderr[-2000:]
   run_cli('train', f'--workdir={split}', *args)
   (step_a, leaves_a), (step_b, leaves_b) = final_leaves(full), final_leaves(split)
   assert step_a == step_b == 20
@@ -423,7 +427,7 @@ def test_meanflow_resumes_bitwise_and_samples_from_the_cli(tmp_path):
     assert f'"{key}"' in text, key
   proc = run_cli('sample', f'--workdir={full}', '--steps=0', '--num=4', f'--out={out}',
                  check=False)
-  assert proc.returncode == 2 and 'samples with 1 or more steps' in proc.stderr
+  assert proc.returncode == 2 and 'steps must be a positive integer' in proc.stderr
 
 
 @pytest.mark.slow  # six CLI runs
