@@ -160,7 +160,7 @@ def test_submitit_local_array_matches_the_local_launcher(tmp_path):
   sweep_file = _sweep_file(tmp_path, "def get_sweep():\n"
                                      "  return sweep.product(**{'optim.lr': [1e-3, 3e-3]})\n")
   local, slurm = str(tmp_path / 'local'), str(tmp_path / 'slurm')
-  common = (f'--config={SMOKE}', f'--sweep={sweep_file}', *SHORT)
+  common = (f'--config={SMOKE}', f'--sweep={sweep_file}', '--parallel=2', *SHORT)
   run_cli('sweep', *common, f'--workdir={local}')
   proc = run_cli('sweep', *common, f'--workdir={slurm}', '--launcher=slurm',
                  '--slurm.executor=local', '--slurm.time=10')
@@ -192,7 +192,6 @@ def _wait_for(predicate, timeout=300, what=''):
     time.sleep(0.1)
 
 
-@pytest.mark.slow
 def test_submitit_task_checkpoints_and_requeues_on_sigterm(tmp_path):
   """SLURM preemption: SIGTERM reaches the trainer, which checkpoints; the task requeues."""
   pytest.importorskip('submitit')
@@ -236,7 +235,7 @@ def test_study_killed_after_two_trials_resumes_to_four(tmp_path):
   sweep_file = _sweep_file(tmp_path, STUDY)
   workdir = str(tmp_path / 'study')
   args = ['sweep', f'--config={SMOKE}', f'--sweep={sweep_file}', f'--workdir={workdir}',
-          *SHORT]
+          '--parallel=2', *SHORT]
   proc = subprocess.Popen([sys.executable, '-m', 'gensuite.cli', *args], cwd=REPO,
                           env=cli_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
