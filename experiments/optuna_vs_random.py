@@ -104,6 +104,21 @@ def _rescore(trial_dir: str, seed: int) -> float:
   return float(distances.mmd2_unbiased(x, ref, distances.median_bandwidth(ref)))
 
 
+def _noise_floor(trial_dir: str, n: int, pairs: int) -> float:
+  """95% quantile of the same MMD^2 between two independent draws of the data itself:
+  below it, a model is indistinguishable from data at that sample size."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import gensuite  # pylint: disable=g-import-not-at-top
+  from gensuite.metrics import distances  # pylint: disable=g-import-not-at-top
+  data = gensuite.load_run(trial_dir).experiment.data
+  values = []
+  for i in range(pairs):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(20_000 + i))
+    a, b = (np.asarray(data.reference(k, n), np.float32) for k in (k1, k2))
+    values.append(float(distances.mmd2_unbiased(a, b, distances.median_bandwidth(b))))
+  return float(np.quantile(values, 0.95))
+
+
 def main(argv):
   del argv
   module = _study_module()
@@ -128,14 +143,21 @@ def main(argv):
       print(f'{search} seed {seed}: best eval/mmd {r["best"]:.4g} ({r["run"]}, re-scored '
             f'{r["rescored"]:.4g}), median {r["median"]:.4g}, {r["failed"]} failed, '
             f'{r["seconds"]:.0f} s', file=sys.stderr, flush=True)
-  text = _markdown(results, seeds)
+  some_trial = os.path.join(_WORKDIR.value, f'tpe_seed{seeds[0]}', results['tpe', seeds[0]]['run'])
+  floors = {n: _noise_floor(some_trial, n, pairs) for n, pairs in
+            ((_EVAL_SAMPLES.value, 100), (_RESCORE_N.value, 20))}
+  text = _markdown(results, seeds) + '\n\nNoise floor (95% quantile of the same MMD^2 ' \
+      'between two draws of the data): ' + ', '.join(
+          f'{v:.2g} at n = {n}' for n, v in floors.items()) + '.'
   print(text)
   if _OUT.value:
     command = 'python experiments/optuna_vs_random.py ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
     with open(_OUT.value, 'w') as f:
       f.write('# Optuna (TPE) vs random search on short moons runs\n\n```\n' + command +
-              '\n```\n\n' + (__doc__.split('\n\n', 2)[2].strip()) + '\n\n' + text + '\n')
+              '\n```\n\n' + (__doc__.split('\n\n', 2)[2].strip()) + '\n\n' + text +
+              f'\n\nMachine: {os.cpu_count()} CPU cores, shared with other jobs (load '
+              f'average at the end {os.getloadavg()[1]:.1g}); wall times include that.\n')
     print(f'wrote {_OUT.value}', file=sys.stderr)
 
 
