@@ -421,8 +421,11 @@ def _child_main(argv: list[str]) -> None:
       record['jax_error'] = str(e).strip().splitlines()[0][:300] if str(e).strip() else repr(e)
   if workdir and os.path.isdir(workdir):
     _write_json(os.path.join(workdir, LAUNCH), record)
-  from gensuite import cli  # pylint: disable=g-import-not-at-top
-  cli.main(['gensuite', *argv])
+  # The CLI is run as a module, not imported: it imports gensuite.sweep, which imports
+  # this module, and the package keeps its imports free of circles.
+  import runpy  # pylint: disable=g-import-not-at-top
+  sys.argv = ['gensuite', *argv]
+  runpy.run_module('gensuite.cli', run_name='__main__', alter_sys=True)
 
 
 # ---- launchers ----------------------------------------------------------------------

@@ -112,7 +112,8 @@ def test_latent_flow_matching_trains_and_decodes_to_images(latent_run):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   n = min(run_config_samples(workdir), 64)  # an image grid of 8x8 digits, not a scatter
   cols = math.ceil(math.sqrt(n))
-  assert np.asarray(Image.open(grid)).shape == (math.ceil(n / cols) * 9 + 1, cols * 9 + 1, 3)
+  # Each 8x8 digit drawn at 32x32 with a 2 px border (gensuite.pictures.image_grid).
+  assert np.asarray(Image.open(grid)).shape == (math.ceil(n / cols) * 34 + 2, cols * 34 + 2, 3)
   run = gensuite.load_run(workdir)
   x = run.sample(jax.random.PRNGKey(0), 12)
   assert x.shape == (12, 8, 8, 1) and np.all(np.isfinite(x))
