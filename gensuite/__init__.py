@@ -7,9 +7,9 @@
 __version__ = '0.1.0'
 
 
-def load_run(workdir: str, step: int | None = None):
+def load_run(workdir: str, step: int | None = None, fsdp: int | None = None):
   from gensuite.run import load_run as _load_run  # pylint: disable=g-import-not-at-top
-  return _load_run(workdir, step)
+  return _load_run(workdir, step, fsdp)
 
 
 def __getattr__(name):

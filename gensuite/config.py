@@ -20,9 +20,14 @@ from gensuite.errors import ConfigError
 # Post-hoc EMA (EDM2): the largest relative std of a power-function profile with
 # exponent gamma >= 0, 1/sqrt(12) (gamma = 0, the uniform average; ALGORITHMS.md §11.3).
 PHEMA_MAX_STD = 12.0**-0.5
+# The mesh and gradient accumulation change how a step is computed, not its result (a
+# checkpoint restores onto any mesh; k microbatches give the update of one batch).
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.ckpt_every', 'train.keep_checkpoints', 'train.log_images',
-                     'train.skip_nonfinite', 'sampler.', 'eval.', 'data.data_dir')
+                     'train.skip_nonfinite', 'sampler.', 'eval.', 'data.data_dir',
+                     'train.grad_accum', 'mesh.')
+# config.train.precision: the compute dtype of the nets (gensuite.nets.PRECISIONS).
+PRECISIONS = ('float32', 'bfloat16')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -36,9 +41,15 @@ def base() -> ml_collections.ConfigDict:
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, final_lr_fraction=0.0,
       grad_clip=1.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, ema_decays=(0.999,),
       phema_stds=()))
+  # precision: the nets' compute dtype (state, losses, samplers stay float32);
+  # grad_accum: microbatches per step, averaged into one update (gensuite.methods.base).
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=256, log_every=100, eval_every=0, ckpt_every=1000,
-      keep_checkpoints=3, log_images=True, skip_nonfinite=False, phema_every=0))
+      keep_checkpoints=3, log_images=True, skip_nonfinite=False, phema_every=0,
+      precision='float32', grad_accum=1))
+  # Devices form a mesh data x fsdp; params, EMA and optimizer state are sharded over
+  # the fsdp axis (gensuite.train.parallel). fsdp = 1: replicated, pure data parallel.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   # guidance: gensuite.samplers.guidance (sigma_hi >= 1e9 means no upper bound).
   c.sampler = ml_collections.ConfigDict(dict(
       name='euler', steps=100,
@@ -62,7 +73,9 @@ def _get(config, path):
 # Sections whose every field is shared by all families: unknown names are errors.
 # The others (data, net, method, sampler, eval) also carry family-specific fields,
 # checked by the data source, net, method or sampler that reads them.
-_CLOSED_SECTIONS = ('optim', 'train')
+_CLOSED_SECTIONS = ('optim', 'train', 'mesh')
+# Sections a config may lack (runs made before they joined base() read as defaults).
+_OPTIONAL_SECTIONS = ('mesh',)
 # Fields whose allowed types are wider than their default's, or absent from base().
 _FIELD_TYPES: dict[str, Any] = {
     'eval.use_ema': (bool, str),      # True/False or an EMA's name: '0.999', 'phema_0.05'
@@ -137,7 +150,7 @@ def shared_field_types() -> dict[str, dict[str, Any]]:
   """{section: {field: allowed type(s)}} from base() and _FIELD_TYPES."""
   ref = base()
   table = {}
-  for section in ('data', 'net', 'method', 'optim', 'train', 'sampler', 'eval'):
+  for section in ('data', 'net', 'method', 'optim', 'train', 'sampler', 'eval', 'mesh'):
     fields = {k: kind_of(ref[section][k]) for k in ref[section].keys()}
     for path, kind in _FIELD_TYPES.items():
       sec, _, name = path.partition('.')
@@ -156,6 +169,8 @@ def validate(config) -> None:
   if not isinstance(config.seed, int) or isinstance(config.seed, bool):
     raise ConfigError(f'config.seed must be an integer, got {config.seed!r}')
   for section, fields in shared_field_types().items():
+    if section in _OPTIONAL_SECTIONS and section not in config:
+      continue
     check_section(config[section], fields, section, closed=section in _CLOSED_SECTIONS)
   for path in ('train.num_steps', 'train.batch_size', 'sampler.steps', 'eval.num_samples'):
     v = _get(config, path)
@@ -165,6 +180,14 @@ def validate(config) -> None:
     v = _get(config, path)
     if v < 0:
       raise ConfigError(f'config.{path} must be an integer >= 0 (0 = never), got {v!r}')
+  precision = config.train.get('precision', 'float32')
+  if precision not in PRECISIONS:
+    raise ConfigError(f'unknown train.precision {precision!r}; allowed: '
+                      + ', '.join(PRECISIONS))
+  for path, v in (('train.grad_accum', config.train.get('grad_accum', 1)),
+                  ('mesh.fsdp', mesh_fsdp(config))):
+    if v < 1:
+      raise ConfigError(f'config.{path} must be a positive integer, got {v!r}')
   if config.eval.get('sample_batch', 0) < 0:
     raise ConfigError(f'config.eval.sample_batch must be an integer >= 0 (0 = all samples '
                       f'in one call), got {config.eval.sample_batch!r}')
@@ -185,6 +208,11 @@ def validate(config) -> None:
     raise ConfigError('config.train.phema_every must be a positive number of steps when '
                       f'config.optim.phema_stds is set (snapshots for gensuite phema), got '
                       f'{every!r}')
+
+
+def mesh_fsdp(config) -> int:
+  """config.mesh.fsdp, or 1 for a run made before the mesh section existed."""
+  return config.mesh.get('fsdp', 1) if 'mesh' in config else 1
 
 
 def to_dict(config) -> dict:

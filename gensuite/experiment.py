@@ -6,11 +6,19 @@
   x = exp.sample(state, rng, 1000, sampler='heun', steps=20)     # numpy, decoded
 
 The training loop (gensuite.train.loop), `load_run` (gensuite.run) and the evaluator
-(gensuite.evaluate) all work on one of these. The mesh spans every device of every
-host; each batch is split over it and the state replicated; the method's pure
-`train_step` is jitted with explicit shardings and a donated state. rng =
-fold_in(key(seed), step) and batches are a function of (seed, step), so a resumed run
-retraces the uninterrupted one exactly.
+(gensuite.evaluate) all work on one of these. The mesh ('data', 'fsdp') spans every
+device of every host (gensuite.train.parallel); each batch is split over all of it,
+and the state is replicated (config.mesh.fsdp = 1) or sharded over the 'fsdp' axis
+(`state_sharding`, one NamedSharding per leaf, also the target of every restore). The
+method's pure `train_step` is jitted with explicit in/out shardings and a donated
+state. rng = fold_in(key(seed), step) and batches are a function of (seed, step), so a
+resumed run retraces the uninterrupted one exactly.
+
+Scale settings: config.train.precision picks the nets' compute dtype (the method is
+built inside gensuite.nets.precision; state, losses and samplers stay float32);
+config.train.grad_accum = k makes the method's step average its gradient over k
+microbatches (gensuite.methods.base.accumulate_grads); batch_size must be a multiple
+of devices x k.
 """
 import dataclasses
 import json
@@ -25,6 +33,7 @@ import numpy as np
 from gensuite import config as config_lib
 from gensuite import data as data_lib
 from gensuite import methods
+from gensuite import nets
 from gensuite.train import checkpoint as ckpt_lib
 from gensuite.train import parallel
 
@@ -46,11 +55,16 @@ class Experiment:
     self.init_rng = jax.random.fold_in(key, _INIT_TAG)
     self.train_rng = jax.random.fold_in(key, _TRAIN_TAG)
     self.eval_rng = jax.random.fold_in(key, _EVAL_TAG)
-    self._init = jax.jit(self.method.init, out_shardings=self.repl)
-    self.train_step = jax.jit(self._step_and_accumulate, donate_argnums=(0, 1),
-                              out_shardings=(self.repl, self.repl))
+    self._state_shapes = jax.eval_shape(self.method.init, self.init_rng, self.data.batch(0))
+    self.state_sharding = parallel.state_shardings(self._state_shapes, self.mesh)
+    self._init = jax.jit(self.method.init, out_shardings=self.state_sharding)
+    self.train_step = jax.jit(
+        self._step_and_accumulate, donate_argnums=(0, 1),
+        in_shardings=(self.state_sharding, self.repl, self.batch_sharding),
+        out_shardings=(self.state_sharding, self.repl))
     self.bare_step = jax.jit(self._bare_step, donate_argnums=(0,),
-                             out_shardings=(self.repl, self.repl))
+                             in_shardings=(self.state_sharding, self.batch_sharding),
+                             out_shardings=(self.state_sharding, self.repl))
     self._samplers = {}
     self.skip_nonfinite = bool(self.config.train.get('skip_nonfinite', False))
     self._nan_at_step = int(os.environ.get('GENSUITE_FAULT_NAN_AT_STEP', '0') or 0)
@@ -62,8 +76,8 @@ class Experiment:
     return self._init(self.init_rng, self.global_batch(0))
 
   def abstract_state(self):
-    shapes = jax.eval_shape(self.method.init, self.init_rng, self.data.batch(0))
-    return ckpt_lib.abstract(shapes, self.repl)
+    """Shapes, dtypes and this mesh's shardings of the state: a restore's target."""
+    return ckpt_lib.abstract(self._state_shapes, self.state_sharding)
 
   def _bare_step(self, state, batch):
     rng = jax.random.fold_in(self.train_rng, state.step)
@@ -133,18 +147,21 @@ class Experiment:
     return data_decode(x) if decode and data_decode is not None else x
 
 
-def build_experiment(config, load_run=None) -> Experiment:
+def build_experiment(config, load_run=None, fsdp: int | None = None) -> Experiment:
   """Validates the config and builds mesh, data and method (nothing is compiled yet).
 
   load_run(workdir) loads the other runs a config may name (a VAE for 'latents' data,
-  a distillation teacher): gensuite.load_run, which callers pass down.
+  a distillation teacher): gensuite.load_run, which callers pass down. `fsdp` replaces
+  config.mesh.fsdp (a loaded run on another number of devices).
   """
   config_lib.validate(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.train.batch_size, mesh)
+  mesh = parallel.make_mesh(config_lib.mesh_fsdp(config) if fsdp is None else fsdp)
+  parallel.check_batch_size(config.train.batch_size, mesh,
+                            config.train.get('grad_accum', 1))
   data = data_lib.build(config.data, seed=config.seed,
                         global_batch_size=config.train.batch_size,
                         process_index=jax.process_index(), process_count=jax.process_count(),
                         load_run=load_run)
-  method = methods.build(config, data.spec, load_run=load_run)
+  with nets.precision(config.train.get('precision', 'float32')):
+    method = methods.build(config, data.spec, load_run=load_run)
   return Experiment(config=config, mesh=mesh, data=data, method=method)

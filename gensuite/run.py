@@ -4,10 +4,16 @@
   run.config, run.step, run.state
   x = run.sample(jax.random.PRNGKey(0), 1000, sampler='heun', steps=20)  # numpy
 
+The state is restored onto this process's devices whatever mesh wrote it: the mesh
+keeps the run's config.mesh.fsdp where it divides the device count, else takes their
+greatest common divisor (1 device: everything on it); `load_run(DIR, fsdp=2)` picks
+the fsdp axis's size.
+
 Samples with the EMA params by default (`use_ema=False` for the raw ones, or an EMA's
 name: '0.999', or 'phema_0.05' once `gensuite phema --std=0.05` has reconstructed that
 post-hoc EMA; the reconstructions in DIR/phema/reconstructed/ join run.state.ema).
 """
+import math
 import os
 
 import jax
@@ -23,10 +29,13 @@ from gensuite.train import checkpoint as ckpt_lib
 
 class Run:
 
-  def __init__(self, workdir: str, step: int | None = None):
+  def __init__(self, workdir: str, step: int | None = None, fsdp: int | None = None):
     self.workdir = workdir
     self.config = config_lib.load(workdir)
-    self.experiment = experiment_lib.build_experiment(self.config, load_run=load_run)
+    if fsdp is None:
+      fsdp = math.gcd(config_lib.mesh_fsdp(self.config), jax.device_count())
+    self.experiment = experiment_lib.build_experiment(self.config, load_run=load_run,
+                                                      fsdp=fsdp)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     try:
       steps = ckpt.all_steps()
@@ -59,5 +68,5 @@ class Run:
     return evaluate_lib.evaluate(self.experiment, self.state, self.step, **sample_kw)
 
 
-def load_run(workdir: str, step: int | None = None) -> Run:
-  return Run(workdir, step)
+def load_run(workdir: str, step: int | None = None, fsdp: int | None = None) -> Run:
+  return Run(workdir, step, fsdp)

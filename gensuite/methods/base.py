@@ -21,6 +21,15 @@ Guidance (config.sampler.guidance; gensuite.samplers.guidance) is the sampler-si
 layer: a field method hands it its main field `field(params, label)` and the other
 one, `other_field(params, label, spec)` (the null label's for CFG, the guide run's for
 autoguidance), and `guided_field` returns the combination every sampler runs.
+
+Gradient accumulation (config.train.grad_accum = k) lives in one place,
+`Method.loss_grads(loss_fn, params, batch, rng)`: the gradient of loss_fn on the batch,
+or, with k > 1, the mean of its gradients (and metrics) on k microbatches, summed in a
+`lax.scan` inside the jitted step. A method whose loss draws its per-example noise
+through gensuite.methods.rand gets the same update either way and sets
+`supports_grad_accum = True`; the others refuse k > 1 with one line. Mixed precision
+(config.train.precision) is the nets' business (gensuite.nets.precision); a method
+whose nets cannot compute in bfloat16 lists only 'float32' in `precisions`.
 """
 import os
 
@@ -32,7 +41,39 @@ from gensuite import data as data_lib
 from gensuite import samplers
 from gensuite.errors import ConfigError
 from gensuite.methods import optim
+from gensuite.methods import rand
 from gensuite.methods.state import TrainState, apply_gradients
+
+
+def accumulate_grads(loss_fn, params, batch: dict, rng, count: int):
+  """(grads, metrics) of `loss_fn(params, batch, rng) -> (loss, metrics)`.
+
+  count = 1: jax.grad of loss_fn on the whole batch. count = k > 1: the batch's rows
+  are dealt into k microbatches (gensuite.methods.rand.split_rows: row j of microbatch
+  i is row j k + i, so each device keeps its own rows), the gradient and metrics of
+  each are summed in a lax.scan and divided by k, each microbatch seeing the same
+  rng inside `rand.microbatch(i, k)`. For a loss that is a mean over examples whose
+  random draws go through gensuite.methods.rand, that is the one-batch gradient up to
+  float rounding; metrics are the mean of the microbatches' values (exact for means
+  over examples). The caller checks that k divides the batch.
+  """
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if count == 1:
+    return grad_fn(params, batch, rng)
+  micro = jax.tree.map(lambda a: rand.split_rows(a, count), batch)
+
+  def one(index, microbatch):
+    with rand.microbatch(index, count):
+      grads, metrics = grad_fn(params, microbatch, rng)
+    return grads, jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
+
+  def body(carry, xs):
+    return jax.tree.map(jnp.add, carry, one(*xs)), None
+
+  shapes = jax.eval_shape(one, jnp.zeros((), jnp.int32), jax.tree.map(lambda a: a[0], micro))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(count, dtype=jnp.int32), micro))
+  return jax.tree.map(lambda v: v / count, total)
 
 
 def choice(section, key: str, allowed, where: str = 'method'):
@@ -58,6 +99,12 @@ class Method:
   # the data; check_sampler() checks config.sampler against them.
   field_kind: str | None = None
   independent_noise: bool = True
+  # Whether loss_grads may split the batch (config.train.grad_accum > 1): the loss is
+  # a mean over examples and its per-example draws go through gensuite.methods.rand.
+  supports_grad_accum: bool = False
+  grad_accum_refusal: str = 'a {name} step does not split into microbatches'
+  # The config.train.precision values this method's nets can compute in.
+  precisions: tuple[str, ...] = config_lib.PRECISIONS
 
   def __init__(self, config, data_spec, load_run=None):
     self.config = config
@@ -69,6 +116,13 @@ class Method:
     self.tx = optim.build(config.optim, num_steps)
     self.ema_decays = tuple(config.optim.get('ema_decays', ()))
     self.phema_stds = tuple(float(v) for v in config.optim.get('phema_stds', ()))
+    self.grad_accum = int(config.train.get('grad_accum', 1))
+    if self.grad_accum > 1 and not self.supports_grad_accum:
+      self.refuse_grad_accum(self.grad_accum_refusal.format(name=config.method.name))
+    precision = config.train.get('precision', 'float32')
+    if precision not in self.precisions:
+      raise ConfigError(f'config.train.precision={precision!r}: a {config.method.name} run '
+                        f'computes in {", ".join(self.precisions)} only')
     self._guides = {}  # (workdir, step, ema) -> (guide method, params): autoguidance
 
   def init(self, rng: jax.Array, batch: dict) -> TrainState:
@@ -76,6 +130,16 @@ class Method:
 
   def train_step(self, state, batch: dict, rng: jax.Array):
     raise NotImplementedError
+
+  def loss_grads(self, loss_fn, params, batch: dict, rng: jax.Array):
+    """(grads, metrics) of loss_fn(params, batch, rng) over config.train.grad_accum
+    microbatches (accumulate_grads); what every train_step calls for its gradient."""
+    return accumulate_grads(loss_fn, params, batch, rng, self.grad_accum)
+
+  def refuse_grad_accum(self, why: str) -> None:
+    """The one-line ConfigError for config.train.grad_accum > 1, saying `why` not."""
+    raise ConfigError(f'config.train.grad_accum={self.grad_accum}: {why}; use '
+                      'train.grad_accum=1')
 
   def sample(self, state, rng: jax.Array, num: int, **sampler_kw) -> jax.Array:
     raise NotImplementedError
@@ -160,6 +224,7 @@ class Method:
 
 class SingleNetMethod:
   """init / train_step of a method that trains one network `self.net` on `self.loss`."""
+  supports_grad_accum = True
 
   def init(self, rng, batch) -> TrainState:
     x = batch['x']
@@ -169,7 +234,7 @@ class SingleNetMethod:
     return TrainState.create(params, self.tx, self.ema_decays, phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
-    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng)
+    grads, metrics = self.loss_grads(self.loss, state.params, batch, rng)
     state, norms = apply_gradients(state, grads, self.tx)
     return state, {**metrics, **norms}
 

@@ -41,7 +41,7 @@ import numpy as np
 from gensuite import nets, samplers
 from gensuite.samplers import frames
 from gensuite.errors import ConfigError
-from gensuite.methods import defaults
+from gensuite.methods import defaults, rand
 from gensuite.methods.base import choice, FieldSampling, Method, SingleNetMethod
 
 FORMULATIONS = ('edm', 'vp', 've')
@@ -196,15 +196,15 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
     """(loss [B], sigma [B]): the formulation's weighted DSM loss per example."""
     n = x0.shape[0]
     k_noise, k_eps, k_net = jax.random.split(rng, 3)
-    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    eps = rand.normal(k_eps, x0.shape, x0.dtype)
     axes = tuple(range(1, x0.ndim))
-    rngs = {'dropout': k_net}
+    rngs = {'dropout': rand.microbatch_key(k_net)}
     if self.formulation == 'edm':
-      sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(k_noise, (n,), x0.dtype))
+      sigma = jnp.exp(self.p_mean + self.p_std * rand.normal(k_noise, (n,), x0.dtype))
       d = self.edm_denoiser(params, x0 + _bcast(sigma, x0) * eps, sigma, label, train, rngs)
       loss = edm_weight(sigma, self.sigma_data) * jnp.mean((d - x0)**2, axis=axes)
       return loss, sigma
-    t = self.t_eps + (1.0 - self.t_eps) * jax.random.uniform(k_noise, (n,), x0.dtype)
+    t = self.t_eps + (1.0 - self.t_eps) * rand.uniform(k_noise, (n,), x0.dtype)
     a, b = self.path.a(t), self.path.b(t)
     x_t = _bcast(a, x0) * x0 + _bcast(b, x0) * eps
     eps_hat = self.eps_prediction(params, x_t, t, label, train, rngs)
@@ -221,7 +221,7 @@ class Diffusion(SingleNetMethod, FieldSampling, Method):
     if self.conditional:
       label = batch['label']
       if self.label_dropout > 0:
-        drop = jax.random.bernoulli(k_drop, self.label_dropout, label.shape)
+        drop = rand.bernoulli(k_drop, self.label_dropout, label.shape)
         label = jnp.where(drop, self.spec.num_classes, label)
     per_example, sigma = self.per_example_loss(params, x0, k_loss, label, train)
     loss = jnp.mean(per_example)

@@ -62,6 +62,8 @@ def _positive(what, value, integer=False):
 
 class EBM(Method):
   """Energy-based model family (see module docstring)."""
+  grad_accum_refusal = ('an ebm step moves one population of walkers, which does not '
+                        'split with the batch')
   field_kind = 'energy'
 
   def __init__(self, config, data_spec, load_run=None):

@@ -63,7 +63,7 @@ import numpy as np
 
 from gensuite import nets
 from gensuite.errors import ConfigError
-from gensuite.methods import defaults, teachers
+from gensuite.methods import defaults, rand, teachers
 from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients, ema_name
 from gensuite.nets.embeddings import sinusoidal_embedding
@@ -88,6 +88,7 @@ class FlowMap(Method):
   one), labels, init, the train step (the loss also sees the state: EMA targets,
   warm-up) and sampling with `steps` network calls."""
   uses_second_time = True
+  supports_grad_accum = True
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
@@ -125,7 +126,7 @@ class FlowMap(Method):
     label = batch['label']
     if self.label_dropout <= 0:
       return label, label
-    drop = jax.random.bernoulli(rng, self.label_dropout, label.shape)
+    drop = rand.bernoulli(rng, self.label_dropout, label.shape)
     return label, jnp.where(drop, self.spec.num_classes, label)
 
   def extra_params(self, rng) -> dict:
@@ -143,7 +144,8 @@ class FlowMap(Method):
     return TrainState.create(params, self.tx, self.ema_decays, phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
-    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, batch, rng, state)
+    grads, metrics = self.loss_grads(lambda p, b, r: self.loss(p, b, r, state),
+                                     state.params, batch, rng)
     state, norms = apply_gradients(state, grads, self.tx)
     return state, {**metrics, **norms}
 
@@ -219,11 +221,12 @@ class MeanFlow(FlowMap):
     return self.apply(params, z, t, t - r, label, train, rng)
 
   def sample_times(self, rng, n):
-    """(t, r) [n]: logit-normal pairs, t >= r, r = t on the first equal_fraction."""
-    k = jax.random.normal(rng, (2, n)) * self.time_std + self.time_mean
+    """(t, r) [n]: logit-normal pairs, t >= r, r = t on the first equal_fraction of
+    the (global) batch's rows."""
+    k = rand.normal(rng, (2, n), batch_axis=1) * self.time_std + self.time_mean
     a, b = jax.nn.sigmoid(k[0]), jax.nn.sigmoid(k[1])
     t, r = jnp.maximum(a, b), jnp.minimum(a, b)
-    equal = jnp.arange(n) < int(round(self.equal_fraction * n))
+    equal = rand.rows(n) < int(round(self.equal_fraction * rand.total(n)))
     return t, jnp.where(equal, t, r)
 
   def guided_velocity(self, params, z, t, v, label, net_label):
@@ -249,7 +252,8 @@ class MeanFlow(FlowMap):
     x = batch['x']
     n = x.shape[0]
     k_e, k_t, k_drop, k_net = jax.random.split(rng, 4)
-    e = jax.random.normal(k_e, x.shape, x.dtype)
+    k_net = rand.microbatch_key(k_net)
+    e = rand.normal(k_e, x.shape, x.dtype)
     t, r = self.sample_times(k_t, n)
     z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
     label, net_label = self.train_labels(batch, k_drop)
@@ -333,7 +337,7 @@ class SCM(FlowMap):
 
   def sample_t(self, rng, n):
     """t = arctan(sigma / sigma_d), log sigma ~ N(p_mean, p_std^2)."""
-    sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(rng, (n,)))
+    sigma = jnp.exp(self.p_mean + self.p_std * rand.normal(rng, (n,)))
     return jnp.arctan(sigma / self.sigma_d)
 
   def velocity(self, x0, z, x_t, t, label):
@@ -367,8 +371,9 @@ class SCM(FlowMap):
     x0 = batch['x']
     n = x0.shape[0]
     k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
-    z = self.sigma_d * jax.random.normal(k_z, x0.shape, x0.dtype)
-    sigma = jnp.exp(self.p_mean + self.p_std * jax.random.normal(k_t, (n,)))
+    k_net = rand.microbatch_key(k_net)
+    z = self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype)
+    sigma = jnp.exp(self.p_mean + self.p_std * rand.normal(k_t, (n,)))
     r = self.ect_r(sigma, 0 if state is None else state.step)
     t, t_r = jnp.arctan(sigma / self.sigma_d), jnp.arctan(r / self.sigma_d)
     _, net_label = self.train_labels(batch, k_drop)
@@ -390,7 +395,8 @@ class SCM(FlowMap):
     x0 = batch['x']
     n = x0.shape[0]
     k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
-    z = self.sigma_d * jax.random.normal(k_z, x0.shape, x0.dtype)
+    k_net = rand.microbatch_key(k_net)
+    z = self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype)
     t = self.sample_t(k_t, n)
     tb = _bcast(t, x0)
     x_t = jnp.cos(tb) * x0 + jnp.sin(tb) * z
@@ -432,6 +438,9 @@ class SCM(FlowMap):
 
 class Shortcut(FlowMap):
   """Shortcut models (module docstring): s(x_t, t, d), t = 0 noise."""
+  supports_grad_accum = False
+  grad_accum_refusal = ('a shortcut step bootstraps the first 1/bootstrap_every of the '
+                        'whole batch in blocks of step sizes')
 
   def __init__(self, config, data_spec, load_run=None):
     self._max_steps = int(config.method.get('max_steps', 128))

@@ -36,7 +36,7 @@ import scipy.optimize
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError, lookup
-from gensuite.methods import defaults
+from gensuite.methods import defaults, rand
 from gensuite.methods.base import choice, FieldSampling, Method, SingleNetMethod
 
 
@@ -127,6 +127,11 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
     self.path_kind = mc.path
     self.sigma_min = float(mc.sigma_min)
     self.independent_noise = self.coupling != 'ot'
+    if self.grad_accum > 1 and self.coupling == 'ot':
+      self.refuse_grad_accum("method.coupling='ot' pairs noise and data over the whole batch")
+    if self.grad_accum > 1 and self.contrastive_weight > 0:
+      self.refuse_grad_accum('method.contrastive_weight > 0 draws negatives from the whole '
+                             'batch')
     self.check_sampler()
 
   # ---- pieces ------------------------------------------------------------------
@@ -141,9 +146,9 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
 
   def _sample_t(self, rng, n):
     if self.time_sampling == 'logit_normal':
-      t = jax.nn.sigmoid(jax.random.normal(rng, (n,)))
+      t = jax.nn.sigmoid(rand.normal(rng, (n,)))
     else:
-      t = jax.random.uniform(rng, (n,))
+      t = rand.uniform(rng, (n,))
     return self.t_eps + (1.0 - 2.0 * self.t_eps) * t
 
   def interpolate(self, t, x0, x1, z):
@@ -171,19 +176,20 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
     label = batch.get('label')
     n = x1.shape[0]
     k_x0, k_t, k_z, k_neg, k_drop, k_net = jax.random.split(rng, 6)
-    x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
+    x0 = rand.normal(k_x0, x1.shape, x1.dtype)
     if self.coupling == 'ot':  # the noise moves onto the data (within classes)
       x0 = x0[ot_assignment(x1, x0, label if self.conditional else None)]
     t = self._sample_t(k_t, n)
-    z = jax.random.normal(k_z, x1.shape, x1.dtype)
+    z = rand.normal(k_z, x1.shape, x1.dtype)
     xt, u = self.interpolate(t, x0, x1, z)
     net_label = None
     if self.conditional:
       net_label = label
       if self.label_dropout > 0:
-        drop = jax.random.bernoulli(k_drop, self.label_dropout, (n,))
+        drop = rand.bernoulli(k_drop, self.label_dropout, (n,))
         net_label = jnp.where(drop, self.spec.num_classes, label)
-    v, eta = self._apply(params, xt, t, net_label, train=train, rngs={'dropout': k_net})
+    v, eta = self._apply(params, xt, t, net_label, train=train,
+                         rngs={'dropout': rand.microbatch_key(k_net)})
     axes = tuple(range(1, x1.ndim))
     fm = jnp.mean((v - u)**2, axis=axes)
     metrics = {'fm_loss': jnp.mean(fm)}

@@ -43,7 +43,7 @@ import numpy as np
 from gensuite.errors import ConfigError
 from gensuite.nets import vae as vae_nets
 from gensuite import pictures
-from gensuite.methods import defaults
+from gensuite.methods import defaults, rand
 from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients
 
@@ -108,6 +108,8 @@ def _positive_int(mc, key):
 
 class VAE(Method):
   """A VAE with the likelihoods and balancing schemes of the module docstring."""
+  supports_grad_accum = True
+  precisions = ('float32',)  # the encoder and decoder nets compute in float32
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
@@ -208,7 +210,7 @@ class VAE(Method):
   def loss(self, params, extra, batch, rng, step):
     x = batch['x']
     mu, log_var = self.encode(params, x)
-    z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mu.shape, mu.dtype)
+    z = mu + jnp.exp(0.5 * log_var) * rand.normal(rng, mu.shape, mu.dtype)
     out = self.decoder_out(params, z)
     log_px = self.log_likelihood(params, extra, out, x)
     kl = gaussian_kl(mu, log_var)
@@ -238,8 +240,8 @@ class VAE(Method):
                              phema_stds=self.phema_stds)
 
   def train_step(self, state, batch, rng):
-    grads, metrics = jax.grad(self.loss, has_aux=True)(state.params, state.extra, batch,
-                                                       rng, state.step)
+    grads, metrics = self.loss_grads(
+        lambda p, b, r: self.loss(p, state.extra, b, r, state.step), state.params, batch, rng)
     mse = balanced_mse_update(state.extra['mse'], metrics['batch_mse'], self.balance_decay)
     state, norms = apply_gradients(state, grads, self.tx, extra={'mse': mse})
     return state, {**metrics, **norms, 'running_mse': mse}

@@ -11,12 +11,21 @@ Every net has the call signature (x [B, ...], t [B] or scalar, label=None [B] in
 train=False). Networks take explicit typed fields, never the whole config: `build`
 passes each field of net_config except `name` as a keyword argument, and the output
 size and class count come from the data, not from the net section.
+
+Precision (config.train.precision): the experiment builds its method inside
+`with gensuite.nets.precision('bfloat16'):`, and every net `build` makes there
+computes in bfloat16 (its `dtype` field; parameters stay float32 and outputs come
+back as float32, so methods, losses and samplers never see another dtype). A net
+without a `dtype` field (the energy nets) is refused there with one line.
 """
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from gensuite.errors import ConfigError, lookup
 from gensuite.nets.dit import DiT
@@ -25,8 +34,8 @@ from gensuite.nets.energy import EnergyConv, EnergyMLP, GMMEnergy
 from gensuite.nets.mlp import TimeMLP
 from gensuite.nets.unet import UNet
 
-__all__ = ['NETS', 'DiT', 'TimeMLP', 'UNet', 'allowed_fields', 'build', 'param_count',
-           'sinusoidal_embedding']
+__all__ = ['NETS', 'PRECISIONS', 'DiT', 'TimeMLP', 'UNet', 'allowed_fields', 'build',
+           'param_count', 'precision', 'sinusoidal_embedding']
 
 NETS = {'mlp': TimeMLP, 'unet': UNet, 'dit': DiT}
 
@@ -39,8 +48,22 @@ _SUGGEST = {1: 'mlp', 3: 'unet'}
 NETS.update({'energy_mlp': EnergyMLP, 'energy_conv': EnergyConv, 'gmm_energy': GMMEnergy})
 _OUT_FIELD.update({'energy_mlp': 'data_dim', 'energy_conv': 'data_dim', 'gmm_energy': 'data_dim'})
 _DATA_RANK.update({'energy_mlp': 1, 'energy_conv': 3, 'gmm_energy': 1})
-# Set by build from the data, never from the net section.
-_RESERVED = ('parent', 'name', 'num_classes')
+# Set by build (from the data, or the precision), never from the net section.
+_RESERVED = ('parent', 'name', 'num_classes', 'dtype')
+# config.train.precision -> the compute dtype of the nets `build` makes.
+PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_PRECISION = contextvars.ContextVar('gensuite_net_precision', default='float32')
+
+
+@contextlib.contextmanager
+def precision(name: str):
+  """Nets built inside compute in PRECISIONS[name] (ConfigError for another name)."""
+  lookup('train.precision', name, PRECISIONS)
+  token = _PRECISION.set(name)
+  try:
+    yield
+  finally:
+    _PRECISION.reset(token)
 
 
 def allowed_fields(name: str) -> tuple[str, ...]:
@@ -99,6 +122,15 @@ def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
   kwargs = {k: _plain(v) for k, v in fields.items()}
   kwargs[_OUT_FIELD[name]] = int(out_dim_or_channels)
   kwargs['num_classes'] = int(num_classes) if num_classes else None
+  compute = _PRECISION.get()
+  if compute != 'float32':
+    if 'dtype' not in {f.name for f in dataclasses.fields(cls)}:
+      takes = sorted(n for n, c in NETS.items()
+                     if 'dtype' in {f.name for f in dataclasses.fields(c)})
+      raise ConfigError(f"config.train.precision={compute!r} needs a net that computes in "
+                        f"it: one of {', '.join(takes)}; net {name!r} computes in float32 "
+                        "only (use precision 'float32')")
+    kwargs['dtype'] = PRECISIONS[compute]
   return cls(**kwargs)
 
 

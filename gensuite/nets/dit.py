@@ -25,7 +25,15 @@ and apply must agree on whether it is given. With return_features=True the call 
 returns the last block's tokens as a [B, H/p, W/p, hidden] map (a discriminator head
 can read it like the U-Net's bottleneck). Class labels: index num_classes (or
 label=None) is the null label for classifier-free guidance.
+
+Precision: `dtype` is the compute dtype of every dense layer, the patch embedding and
+the token stream (bfloat16 under config.train.precision='bfloat16', set by
+gensuite.nets.build); parameters stay float32, LayerNorm computes in float32, the
+attention logits and softmax are float32 (jax.nn.dot_product_attention promotes
+them), and the output (and the features) are returned in float32.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,15 +71,16 @@ ATTENTION = ('xla', 'cudnn')
 class Attention(nn.Module):
   num_heads: int
   implementation: str = 'xla'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, n, d = x.shape
     heads = self.num_heads
-    qkv = nn.Dense(3 * d, name='qkv')(x).reshape(b, n, 3, heads, d // heads)
+    qkv = nn.Dense(3 * d, dtype=self.dtype, name='qkv')(x).reshape(b, n, 3, heads, d // heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
-    return nn.Dense(d, name='proj')(out.reshape(b, n, d))
+    return nn.Dense(d, dtype=self.dtype, name='proj')(out.reshape(b, n, d))
 
 
 class DiTBlock(nn.Module):
@@ -79,20 +88,24 @@ class DiTBlock(nn.Module):
   mlp_ratio: float = 4.0
   dropout: float = 0.0
   attention: str = 'xla'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, c, train: bool):
     d = x.shape[-1]
-    mod = nn.Dense(6 * d, kernel_init=_zeros, name='adaln')(nn.silu(c))
+    mod = nn.Dense(6 * d, kernel_init=_zeros, dtype=self.dtype, name='adaln')(nn.silu(c))
     s1, sc1, g1, s2, sc2, g2 = jnp.split(mod, 6, axis=-1)
-    norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6, name=name)
-    h = Attention(self.num_heads, self.attention, name='attn')(
-        _modulate(norm('norm_0')(x), s1, sc1))
+    norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6,
+                                     dtype=jnp.float32, name=name)
+    # The modulated LayerNorm output goes back to the compute dtype before the matmuls.
+    h = Attention(self.num_heads, self.attention, self.dtype, name='attn')(
+        _modulate(norm('norm_0')(x), s1, sc1).astype(self.dtype))
     x = x + g1[:, None, :] * h
-    h = _modulate(norm('norm_1')(x), s2, sc2)
-    h = nn.gelu(nn.Dense(int(d * self.mlp_ratio), name='mlp_0')(h), approximate=True)
+    h = _modulate(norm('norm_1')(x), s2, sc2).astype(self.dtype)
+    h = nn.gelu(nn.Dense(int(d * self.mlp_ratio), dtype=self.dtype, name='mlp_0')(h),
+                approximate=True)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Dense(d, name='mlp_1')(h)
+    h = nn.Dense(d, dtype=self.dtype, name='mlp_1')(h)
     return x + g2[:, None, :] * h
 
 
@@ -112,6 +125,7 @@ class DiT(nn.Module):
     attention: jax.nn.dot_product_attention's implementation: 'xla' (any device and
       dtype, differentiable by jax.jvp) or 'cudnn' (fused flash attention on NVIDIA
       GPUs, float16/bfloat16 only, no JVP: not for MeanFlow / sCM).
+    dtype: compute dtype (module docstring: params, norms, softmax, output float32).
   """
   out_channels: int
   patch_size: int = 2
@@ -123,6 +137,7 @@ class DiT(nn.Module):
   num_classes: int | None = None
   time_scale: float = 1000.0
   attention: str = 'xla'
+  dtype: Any = jnp.float32
   # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
   supports_second_time = True
@@ -144,26 +159,28 @@ class DiT(nn.Module):
       raise ValueError(f'DiT hidden={self.hidden} is not a multiple of num_heads='
                        f'{self.num_heads}')
     gh, gw = hgt // p, wid // p
-    tokens = nn.Conv(self.hidden, (p, p), strides=(p, p), padding='VALID',
+    tokens = nn.Conv(self.hidden, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
                      name='patch_embed')(x).reshape(b, gh * gw, self.hidden)
-    tokens = tokens + jnp.asarray(sincos_2d(gh, gw, self.hidden))[None]
-    c = TimeEmbedding(self.hidden, scale=self.time_scale, name='time_emb')(
+    tokens = tokens + jnp.asarray(sincos_2d(gh, gw, self.hidden), self.dtype)[None]
+    c = TimeEmbedding(self.hidden, scale=self.time_scale, dtype=self.dtype, name='time_emb')(
         broadcast_time(t, b))
     if second_time is not None:
-      c = c + TimeEmbedding(self.hidden, scale=self.time_scale, name='time2_emb')(
-          broadcast_time(second_time, b))
+      c = c + TimeEmbedding(self.hidden, scale=self.time_scale, dtype=self.dtype,
+                            name='time2_emb')(broadcast_time(second_time, b))
     if self.num_classes:
-      c = c + LabelEmbedding(self.num_classes, self.hidden, name='label_emb')(label, b)
+      c = c + LabelEmbedding(self.num_classes, self.hidden, dtype=self.dtype,
+                             name='label_emb')(label, b)
     for i in range(self.depth):
       tokens = DiTBlock(self.num_heads, self.mlp_ratio, self.dropout, self.attention,
-                        name=f'block_{i}')(tokens, c, train)
-    shift, scale = jnp.split(nn.Dense(2 * self.hidden, kernel_init=_zeros,
+                        self.dtype, name=f'block_{i}')(tokens, c, train)
+    shift, scale = jnp.split(nn.Dense(2 * self.hidden, kernel_init=_zeros, dtype=self.dtype,
                                       name='final_adaln')(nn.silu(c)), 2, axis=-1)
     h = _modulate(nn.LayerNorm(use_scale=False, use_bias=False, epsilon=1e-6,
-                               name='final_norm')(tokens), shift, scale)
-    h = nn.Dense(p * p * self.out_channels, kernel_init=_zeros, name='final')(h)
+                               dtype=jnp.float32, name='final_norm')(tokens), shift, scale)
+    h = nn.Dense(p * p * self.out_channels, kernel_init=_zeros, dtype=self.dtype,
+                 name='final')(h.astype(self.dtype))
     out = h.reshape(b, gh, gw, p, p, self.out_channels).transpose(0, 1, 3, 2, 4, 5)
-    out = out.reshape(b, hgt, wid, self.out_channels)
+    out = out.reshape(b, hgt, wid, self.out_channels).astype(jnp.float32)
     if return_features:
-      return out, tokens.reshape(b, gh, gw, self.hidden)
+      return out, tokens.reshape(b, gh, gw, self.hidden).astype(jnp.float32)
     return out

@@ -14,6 +14,7 @@ phases within a few thousand rad at the top frequency and the low frequencies ar
 nearly linear in the input, so no range wraps around on every feature.
 """
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,18 +37,22 @@ def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0,
 
 
 class TimeEmbedding(nn.Module):
-  """Sinusoidal features of t followed by a 2-layer MLP (DDPM/ADM style)."""
+  """Sinusoidal features of t followed by a 2-layer MLP (DDPM/ADM style).
+
+  The features are computed in float32; the MLP in `dtype` (params float32).
+  """
   features: int
   sinusoid_dim: int | None = None  # default: features
   scale: float = 1000.0
   activation: str = 'silu'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     emb = sinusoidal_embedding(t, self.sinusoid_dim or self.features, self.scale)
-    emb = nn.Dense(self.features, name='dense_0')(emb)
+    emb = nn.Dense(self.features, dtype=self.dtype, name='dense_0')(emb)
     emb = get_activation(self.activation)(emb)
-    return nn.Dense(self.features, name='dense_1')(emb)
+    return nn.Dense(self.features, dtype=self.dtype, name='dense_1')(emb)
 
 
 class LabelEmbedding(nn.Module):
@@ -58,6 +63,7 @@ class LabelEmbedding(nn.Module):
   """
   num_classes: int
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, label: jax.Array | None, batch: int) -> jax.Array:
@@ -66,7 +72,7 @@ class LabelEmbedding(nn.Module):
     label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
     # Normal(0.02) init: learned embeddings start small next to the time embedding.
     return nn.Embed(self.num_classes + 1, self.features,
-                    embedding_init=nn.initializers.normal(0.02))(label)
+                    embedding_init=nn.initializers.normal(0.02), dtype=self.dtype)(label)
 
 
 ACTIVATIONS = {

@@ -24,7 +24,13 @@ Features: with return_features=True the call also returns the last hidden layer 
 [B, hidden] (the input of the output layer), which a classifier head can read (the
 distillation discriminator's "bottleneck" for vector data, gensuite.methods.distill).
 The default output and the parameter tree are the same either way.
+
+Precision: `dtype` is the compute dtype of every layer (bfloat16 under
+config.train.precision='bfloat16', set by gensuite.nets.build); the parameters stay
+float32 and the output (and the features) are returned in float32.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,6 +52,7 @@ class TimeMLP(nn.Module):
     activation: 'silu', 'relu', 'gelu', 'elu', 'selu' or 'tanh'.
     time_scale: t is embedded as sin/cos(time_scale * t * w_k); see embeddings.py.
     dropout: dropout rate on hidden layers, active when train=True.
+    dtype: compute dtype (params float32; output float32).
   """
   out_dim: int
   hidden: int = 256
@@ -55,6 +62,7 @@ class TimeMLP(nn.Module):
   activation: str = 'silu'
   time_scale: float = 1000.0
   dropout: float = 0.0
+  dtype: Any = jnp.float32
   # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
   supports_second_time = True
@@ -66,22 +74,24 @@ class TimeMLP(nn.Module):
     act = get_activation(self.activation)
     batch = x.shape[0]
     c = TimeEmbedding(self.hidden, sinusoid_dim=self.emb_dim, scale=self.time_scale,
-                      activation=self.activation, name='time_emb')(
+                      activation=self.activation, dtype=self.dtype, name='time_emb')(
                           broadcast_time(t, batch))
     if second_time is not None:
       c = c + TimeEmbedding(self.hidden, sinusoid_dim=self.emb_dim, scale=self.time_scale,
-                            activation=self.activation, name='time2_emb')(
-                                broadcast_time(second_time, batch))
+                            activation=self.activation, dtype=self.dtype,
+                            name='time2_emb')(broadcast_time(second_time, batch))
     if self.num_classes:
-      c = c + LabelEmbedding(self.num_classes, self.hidden, name='label_emb')(label, batch)
+      c = c + LabelEmbedding(self.num_classes, self.hidden, dtype=self.dtype,
+                             name='label_emb')(label, batch)
     c = act(c)
     h = x.reshape(batch, -1)
     for i in range(max(self.depth, 1)):
-      z = nn.Dense(self.hidden, name=f'dense_{i}')(h)
-      scale, shift = jnp.split(nn.Dense(2 * self.hidden, name=f'film_{i}')(c), 2, axis=-1)
+      z = nn.Dense(self.hidden, dtype=self.dtype, name=f'dense_{i}')(h)
+      scale, shift = jnp.split(nn.Dense(2 * self.hidden, dtype=self.dtype,
+                                            name=f'film_{i}')(c), 2, axis=-1)
       z = act(z * (1.0 + scale) + shift)
       z = nn.Dropout(self.dropout, deterministic=not train)(z)
       # The first layer changes width (d -> hidden), so it cannot be residual.
       h = z if i == 0 else h + z
-    out = nn.Dense(self.out_dim, name='out')(h)
-    return (out, h) if return_features else out
+    out = nn.Dense(self.out_dim, dtype=self.dtype, name='out')(h).astype(jnp.float32)
+    return (out, h.astype(jnp.float32)) if return_features else out

@@ -35,11 +35,17 @@ t and t - r, a shortcut model's t and step size). A call with second_time embeds
 like t (its own `time2_emb`) and adds it to the embedding vector; init and apply must
 agree on whether it is given.
 
+Precision: `dtype` is the compute dtype of the convolutions, dense layers and
+embeddings (bfloat16 under config.train.precision='bfloat16', set by
+gensuite.nets.build); parameters stay float32, GroupNorm computes its statistics and
+output in float32, attention takes its softmax in float32, and the output (and the
+features) are returned in float32.
+
 Class conditioning: with num_classes set, the label embedding has num_classes + 1
 rows; index num_classes (and label=None) is the null label for classifier-free
 guidance.
 """
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -65,19 +71,21 @@ class ResBlock(nn.Module):
   out_channels: int
   dropout: float = 0.0
   groups: int | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
     c_in, c_out = x.shape[-1], self.out_channels
-    h = nn.GroupNorm(default_groups(c_in, self.groups), name='norm_0')(x)
-    h = nn.Conv(c_out, (3, 3), name='conv_0')(nn.silu(h))
-    scale, shift = jnp.split(nn.Dense(2 * c_out, name='emb_proj')(emb), 2, axis=-1)
-    h = nn.GroupNorm(default_groups(c_out, self.groups), name='norm_1')(h)
+    h = nn.GroupNorm(default_groups(c_in, self.groups), dtype=jnp.float32, name='norm_0')(x)
+    h = nn.Conv(c_out, (3, 3), dtype=self.dtype, name='conv_0')(nn.silu(h))
+    scale, shift = jnp.split(nn.Dense(2 * c_out, dtype=self.dtype, name='emb_proj')(emb), 2,
+                             axis=-1)
+    h = nn.GroupNorm(default_groups(c_out, self.groups), dtype=jnp.float32, name='norm_1')(h)
     h = h * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = nn.Conv(c_out, (3, 3), kernel_init=_zeros, name='conv_1')(h)
+    h = nn.Conv(c_out, (3, 3), kernel_init=_zeros, dtype=self.dtype, name='conv_1')(h)
     if c_in != c_out:
-      x = nn.Conv(c_out, (1, 1), name='skip')(x)
+      x = nn.Conv(c_out, (1, 1), dtype=self.dtype, name='skip')(x)
     # 1/sqrt(2) keeps the variance of the residual stream from doubling per block.
     return (x + h) / np.sqrt(2.0)
 
@@ -86,17 +94,21 @@ class AttnBlock(nn.Module):
   """Multi-head self-attention over the H*W positions, residual."""
   num_heads: int = 1
   groups: int | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, hgt, wid, c = x.shape
     heads = self.num_heads if c % self.num_heads == 0 else 1
-    h = nn.GroupNorm(default_groups(c, self.groups), name='norm')(x)
-    qkv = nn.Dense(3 * c, name='qkv')(h).reshape(b, hgt * wid, 3, heads, c // heads)
+    h = nn.GroupNorm(default_groups(c, self.groups), dtype=jnp.float32, name='norm')(x)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name='qkv')(h).reshape(b, hgt * wid, 3, heads,
+                                                                   c // heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(c // heads)
-    out = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), v)
-    out = nn.Dense(c, kernel_init=_zeros, name='proj')(out.reshape(b, hgt, wid, c))
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / np.sqrt(c // heads)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    out = nn.Dense(c, kernel_init=_zeros, dtype=self.dtype, name='proj')(
+        out.reshape(b, hgt, wid, c))
     return (x + out) / np.sqrt(2.0)
 
 
@@ -119,6 +131,7 @@ class UNet(nn.Module):
     groups: GroupNorm groups (default min(32, C // 4), adjusted to divide C).
     num_heads: attention heads.
     time_scale: t is embedded as sin/cos(time_scale * t * w_k); see embeddings.py.
+    dtype: compute dtype (module docstring: params, norms, softmax, output float32).
   """
   out_channels: int
   channels: int = 64
@@ -131,6 +144,7 @@ class UNet(nn.Module):
   groups: int | None = None
   num_heads: int = 1
   time_scale: float = 1000.0
+  dtype: Any = jnp.float32
   # Calls accept return_features=True and second_time (see the module docstring).
   supports_features = True
   supports_second_time = True
@@ -144,22 +158,24 @@ class UNet(nn.Module):
     batch = x.shape[0]
     emb_dim = self.emb_dim or 4 * self.channels
     emb = TimeEmbedding(emb_dim, sinusoid_dim=self.channels, scale=self.time_scale,
-                        name='time_emb')(broadcast_time(t, batch))
+                        dtype=self.dtype, name='time_emb')(broadcast_time(t, batch))
     if second_time is not None:
       emb = emb + TimeEmbedding(emb_dim, sinusoid_dim=self.channels, scale=self.time_scale,
-                                name='time2_emb')(broadcast_time(second_time, batch))
+                                dtype=self.dtype, name='time2_emb')(
+                                    broadcast_time(second_time, batch))
     if self.num_classes:
-      emb = emb + LabelEmbedding(self.num_classes, emb_dim, name='label_emb')(label, batch)
+      emb = emb + LabelEmbedding(self.num_classes, emb_dim, dtype=self.dtype,
+                                 name='label_emb')(label, batch)
     emb = nn.silu(emb)
 
     def res(h, width, name):
-      return ResBlock(width, self.dropout, self.groups, name=name)(h, emb, train)
+      return ResBlock(width, self.dropout, self.groups, self.dtype, name=name)(h, emb, train)
 
     def attn(h, name):
-      return AttnBlock(self.num_heads, self.groups, name=name)(h)
+      return AttnBlock(self.num_heads, self.groups, self.dtype, name=name)(h)
 
     attn_at = set(int(r) for r in self.attn_resolutions)
-    h = nn.Conv(self.channels, (3, 3), name='conv_in')(x)
+    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name='conv_in')(x)
     skips = [h]
     halved = []
     for level, mult in enumerate(self.channel_mult):
@@ -172,7 +188,8 @@ class UNet(nn.Module):
       last = level == len(self.channel_mult) - 1
       halved.append(not last and _can_halve(h.shape[1], h.shape[2]))
       if halved[-1]:
-        h = nn.Conv(width, (3, 3), strides=(2, 2), name=f'down_{level}_downsample')(h)
+        h = nn.Conv(width, (3, 3), strides=(2, 2), dtype=self.dtype,
+                    name=f'down_{level}_downsample')(h)
       if not last:
         # Pushed even when the level could not halve, so the up path keeps the same
         # number of blocks per level whatever the input size.
@@ -195,9 +212,11 @@ class UNet(nn.Module):
       if level > 0 and halved[level - 1]:
         b, hgt, wid, c = h.shape
         h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), method='nearest')
-        h = nn.Conv(width, (3, 3), name=f'up_{level}_upsample')(h)
+        h = nn.Conv(width, (3, 3), dtype=self.dtype, name=f'up_{level}_upsample')(h)
     assert not skips, len(skips)
 
-    h = nn.silu(nn.GroupNorm(default_groups(h.shape[-1], self.groups), name='norm_out')(h))
-    out = nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, name='conv_out')(h)
-    return (out, mid) if return_features else out
+    h = nn.silu(nn.GroupNorm(default_groups(h.shape[-1], self.groups), dtype=jnp.float32,
+                             name='norm_out')(h))
+    out = nn.Conv(self.out_channels, (3, 3), kernel_init=_zeros, dtype=self.dtype,
+                  name='conv_out')(h).astype(jnp.float32)
+    return (out, mid.astype(jnp.float32)) if return_features else out

@@ -385,6 +385,13 @@ class Checkpointer:
 
 
 def abstract(tree, sharding):
-  """Shape/dtype/sharding stand-ins for `tree`, the target of a restore."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      tree)
+  """Shape/dtype/sharding stand-ins for `tree`, the target of a restore: `sharding` is
+  one sharding for every leaf or a tree of them (a prefix of `tree`'s structure).
+
+  Orbax writes each array's shards and reads them back onto these shardings, whatever
+  the mesh that wrote them (a run saved with mesh.fsdp = 4 restores on 1 device)."""
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        tree)
+  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      sharding, tree)

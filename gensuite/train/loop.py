@@ -253,7 +253,7 @@ def _steps(exp, state, start, workdir, ckpt, writer, pool):
         acc = exp.empty_accumulator(state)
       if _phema_due(tc, state, s):
         _check_finite(exp, acc, s, workdir, ckpt)
-        tracked = jax.device_get(state.phema)
+        tracked = jax.tree.map(parallel.to_host, state.phema)  # sharded with mesh.fsdp
         if jax.process_index() == 0:
           phema_lib.save_snapshot(workdir, s, tracked)
       if tc.ckpt_every and s % tc.ckpt_every == 0:
