@@ -12,12 +12,14 @@ Rows (--rows picks a subset by name):
   meanflow, scm, shortcut
                 flow maps trained from scratch (configs/flow_maps/toy2d.py:<method>),
                 each sampled with 1, 2 and 4 network calls (method.sample(steps=k));
-  fdistill_js, dmd2
+  fdistill_js, fdistill_fkl, dmd, dmd2
                 one-step students of the exact teacher (configs/distill/toy2d.py:
-                f_distill,js and :dmd2), 1 NFE only: a 4-NFE student is a different
-                run (the `multistep` token trains the generator for 4 steps), not the
-                same run sampled longer, so it is left out here.
---data picks the mixture (the configs' tokens unequal8 | 8gaussians | grid); --smoke
+                f_distill,js / f_distill,forward_kl / dmd / dmd2), 1 NFE;
+  fdistill_js_4, dmd2_4
+                4-step students (the `multistep` token: the generator is trained
+                for 4 steps with backward simulation), sampled with 4 NFE.
+By default the flow maps and the fdistill_js and dmd2 students run (DEFAULT_ROWS).
+--data picks the mixture (the configs' tokens unequal8 | wide8 | 8gaussians | grid); --smoke
 appends ',smoke' to every config variant (a tiny net and batch).
 
 Equal training wall time (--budget_s, per run): the run is trained in a Python loop over
@@ -88,13 +90,20 @@ TRAINED = {
     'scm': (flow_maps_toy2d, 'scm', (1, 2, 4)),
     'shortcut': (flow_maps_toy2d, 'shortcut', (1, 2, 4)),
     'fdistill_js': (distill_toy2d, 'f_distill,js', (1,)),
+    'fdistill_fkl': (distill_toy2d, 'f_distill,forward_kl', (1,)),
+    'dmd': (distill_toy2d, 'dmd', (1,)),
     'dmd2': (distill_toy2d, 'dmd2', (1,)),
+    'fdistill_js_4': (distill_toy2d, 'f_distill,js,multistep', (4,)),
+    'dmd2_4': (distill_toy2d, 'dmd2,multistep', (4,)),
 }
 LABELS = {'data': 'data (exact draws)', 'teacher': 'teacher (exact, Heun)',
           'meanflow': 'MeanFlow', 'scm': 'sCM (sCT)', 'shortcut': 'shortcut',
-          'fdistill_js': 'f-distill JS (student)', 'dmd2': 'DMD2 (student)'}
+          'fdistill_js': 'f-distill JS (student)', 'fdistill_fkl': 'f-distill fwd KL (student)',
+          'dmd': 'DMD (student)', 'dmd2': 'DMD2 (student)',
+          'fdistill_js_4': 'f-distill JS, 4-step student', 'dmd2_4': 'DMD2, 4-step student'}
 ROWS = ('data', 'teacher') + tuple(TRAINED)
-DATA = ('unequal8', '8gaussians', 'grid')
+DEFAULT_ROWS = ('data', 'teacher', 'meanflow', 'scm', 'shortcut', 'fdistill_js', 'dmd2')
+DATA = ('unequal8', 'wide8', '8gaussians', 'grid')
 METRICS = ('on_mode', 'mode_mass_tv', 'modes_covered', 'nll', 'mmd2')
 MARKER = 'few_step.json'
 
@@ -296,7 +305,8 @@ def main():
   p.add_argument('--steps', type=int, default=0,
                  help='train exactly this many steps instead of a wall-time budget')
   p.add_argument('--num', type=int, default=4000, help='evaluation samples')
-  p.add_argument('--rows', default=','.join(ROWS))
+  p.add_argument('--rows', default=','.join(DEFAULT_ROWS),
+                 help='rows to run, comma-separated; allowed: ' + ', '.join(ROWS))
   p.add_argument('--smoke', action='store_true', help="append ',smoke' to every variant")
   p.add_argument('--params', default='ema', choices=('ema', 'raw'),
                  help='sample with the EMA params (the configs\' ema_decays) or the raw ones')
@@ -370,8 +380,8 @@ def main():
       '',
       f'`PYTHONPATH=. python experiments/few_step.py {" ".join(sys.argv[1:])}`',
       '',
-      'Students are one-step generators (1 NFE only; a 4-NFE student is another run, '
-      'configs/distill/toy2d.py:multistep). The data and teacher rows are references '
+      'Distilled students are sampled with the steps they were trained for (1, or 4 for '
+      'the 4-step rows). The data and teacher rows are references '
       '(no training; +- over sample draws).',
       '']
   lines = header + table_lines(results) + [''] + spread_lines(results)

@@ -36,6 +36,8 @@ import tempfile
 import time
 
 _RESULT_TAG = 'BENCH_RESULT '
+# Where `gensuite bench --accel`'s part of the markdown file starts (bench_accel.MARKER).
+_ACCEL_MARKER = '<!-- gensuite bench --accel -->'
 COLUMNS = ('config', 'devices', 'batch', 'compile s', 'bare steps/s', 'loop steps/s',
            'loop / bare', 'samples/s', 'peak memory', 'scaling vs 1 device')
 
@@ -95,7 +97,7 @@ def loop_vs_bare(config, steps: int = 50, repeats: int = 3) -> dict:
 
 # ---- one config on this process's devices (the suite's worker) -----------------------
 
-def _peak_memory() -> tuple[float, str]:
+def peak_memory() -> tuple[float, str]:
   import jax  # pylint: disable=g-import-not-at-top
   peaks = []
   for d in jax.local_devices():
@@ -135,7 +137,7 @@ def measure(config, steps: int = 20, repeats: int = 2, max_samples: int = 256) -
   samples_per_sec = num / (time.perf_counter() - t0)
   rates = _time_loop(config, steps, repeats)
   looped = statistics.median(rates)
-  peak, peak_kind = _peak_memory()
+  peak, peak_kind = peak_memory()
   return {
       'config': f'{config.data.name}/{config.net.name}/{config.method.name}',
       'devices': jax.device_count(),
@@ -189,14 +191,22 @@ def default_configs(root: str = 'configs', smoke: bool = False) -> list[str]:
   return [f'{p}:smoke' if smoke and _has_smoke_variant(p) else p for p in files]
 
 
-def _run_worker(spec: str, devices: int, steps: int, timeout: float) -> dict:
+def worker_env(devices: int | None) -> dict:
+  """The environment of a benchmark worker process: no compilation cache (compile times
+  are measured), the repo on PYTHONPATH and, with `devices`, that many CPU devices."""
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  env['JAX_PLATFORMS'] = 'cpu'
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['JAX_PLATFORMS'] = 'cpu'
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env['PYTHONPATH'] = os.pathsep.join([repo] + [p for p in
                                                 env.get('PYTHONPATH', '').split(os.pathsep) if p])
+  return env
+
+
+def _run_worker(spec: str, devices: int, steps: int, timeout: float) -> dict:
+  env = worker_env(devices)
   cmd = [sys.executable, '-m', 'gensuite.bench', '--worker', spec, str(steps)]
   try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -254,7 +264,7 @@ def machine_description() -> dict:
           'python': platform.python_version(), 'os': platform.platform()}
 
 
-def _bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
   for unit in ('B', 'KiB', 'MiB', 'GiB'):
     if n < 1024 or unit == 'GiB':
       return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
@@ -274,7 +284,7 @@ def format_table(rows: list[dict]) -> str:
           f"{r['bare_steps_per_sec']:.1f}", f"{r['loop_steps_per_sec']:.1f}",
           f"{r['loop_efficiency']:.0%}",
           f"{r['samples_per_sec']:.0f} ({r['num_samples']}, {r['sampler']})",
-          f"{_bytes(r['peak_memory_bytes'])} ({r['peak_memory_kind']})",
+          f"{format_bytes(r['peak_memory_bytes'])} ({r['peak_memory_kind']})",
           f"{r['scaling']:.2f}x"]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -304,6 +314,12 @@ def write_markdown(rows: list[dict], path: str, command: str, machine: dict) -> 
       format_table(rows),
       '',
   ])
+  # The accelerator benchmark's part (gensuite.bench_accel.MARKER to the end) stays.
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+    if _ACCEL_MARKER in old:
+      text += '\n' + old[old.index(_ACCEL_MARKER):]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     f.write(text)

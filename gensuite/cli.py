@@ -6,6 +6,8 @@
                   [--metrics=fid --inception_weights=FILE [--fid_stats=FILE.npz]] [--num=N]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
   gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
+  gensuite bench  --accel [--quick|--gpu] [--models=unet,dit] [--precisions=float32,bfloat16]
+                  [--fsdp=1,all] [--batch=N] [--steps=N] [--warmup=N] [--devices=N] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
                   [--devices_per_run=K] [--launcher=slurm --slurm.partition=P --slurm.time=4:00:00]
   gensuite phema  --workdir=DIR --std=0.075 [--step=N]   # post-hoc EMA -> use_ema=phema_0.075
@@ -74,12 +76,16 @@ COMMANDS = {
          'inception_weights', 'fid_stats', 'inception_resize', 'config', 'verbose'),
         ('workdir',)),
     'bench': Command(
-        'Time the training loop against the bare jitted step (--config), or run the '
-        'benchmark suite (--suite).',
+        'Time the training loop against the bare jitted step (--config), run the '
+        'benchmark suite (--suite), or the accelerator benchmark (--accel).',
         ('gensuite bench --config=... [--steps=50]       # loop vs bare jitted step',
          'gensuite bench --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] '
-         '[--out=FILE.md]'),
-        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out', 'verbose'), ()),
+         '[--out=FILE.md]',
+         'gensuite bench --accel [--quick|--gpu] [--models=unet,dit] '
+         '[--precisions=float32,bfloat16] [--fsdp=1,all] [--batch=N] [--steps=N] '
+         '[--warmup=N] [--devices=N] [--out=FILE.md]'),
+        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out', 'accel', 'quick',
+         'gpu', 'models', 'precisions', 'fsdp', 'batch', 'warmup', 'verbose'), ()),
     'sweep': Command(
         'Train one run per point of a sweep file and tabulate them.',
         ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
@@ -113,9 +119,9 @@ flags.DEFINE_integer('num', 64, 'sample: number of samples; eval: same as '
 flags.DEFINE_string('sampler', None, 'sample/eval: same as --config.sampler.name '
                     '(default: the run\'s).')
 flags.DEFINE_integer('steps', None, 'sample/eval: same as --config.sampler.steps; bench: '
-                     'timed steps.')
-flags.DEFINE_string('out', None, 'sample: output .npz file; bench --suite: markdown file '
-                    '(default: docs/benchmarks.md).')
+                     'timed steps (--accel: default 10; --gpu: 20, --quick: 3).')
+flags.DEFINE_string('out', None, 'sample: output .npz file; bench --suite / --accel: '
+                    'markdown file (default: docs/benchmarks.md).')
 flags.DEFINE_integer('seed', 0, 'sample: random seed.')
 flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params.')
 flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.metrics).')
@@ -157,8 +163,27 @@ flags.DEFINE_enum('slurm.executor', 'slurm', ['slurm', 'local'], 'sweep --launch
 flags.DEFINE_bool('suite', False, 'bench: every config x device count, a markdown table.')
 flags.DEFINE_list('configs', None, 'bench --suite: config specs (default: every '
                   'configs/<family>/*.py).')
-flags.DEFINE_list('devices', ['1', '2', '4'], 'bench --suite: simulated CPU device counts.')
+flags.DEFINE_list('devices', ['1', '2', '4'], 'bench --suite: simulated CPU device counts; '
+                  'bench --accel: one count, rows on that many simulated CPU devices '
+                  '(default there: the machine\'s own devices).')
 flags.DEFINE_bool('smoke', False, 'bench --suite: use each config file\'s smoke variant.')
+flags.DEFINE_bool('accel', False, 'bench: the accelerator benchmark (the CIFAR-10 U-Net '
+                  'and DiT-B/2, float32 / bfloat16, fsdp 1 / all devices), a markdown table.')
+flags.DEFINE_bool('quick', False, 'bench --accel: tiny nets on 16x16 images, batch 4 per '
+                  'device, 1 warm-up and 3 timed steps (a check that runs on a CPU).')
+flags.DEFINE_bool('gpu', False, 'bench --accel: the preset for one GPU/TPU host: batch 256 '
+                  'per device, 3 warm-up and 20 timed steps, at most 240 s a row and 450 s '
+                  'in all (rows left over are listed as skipped).')
+flags.DEFINE_list('models', ['unet', 'dit'], 'bench --accel: unet (the 38.3M CIFAR-10 '
+                  'U-Net), dit (DiT-B/2, 130M).')
+flags.DEFINE_list('precisions', ['float32', 'bfloat16'], 'bench --accel: '
+                  'config.train.precision values.')
+flags.DEFINE_list('fsdp', ['1', 'all'], 'bench --accel: config.mesh.fsdp values (all = '
+                  'every device).')
+flags.DEFINE_integer('batch', None, 'bench --accel: global batch (default: the preset\'s '
+                     'batch per device, 128 (--gpu: 256, --quick: 4), times the devices).')
+flags.DEFINE_integer('warmup', None, 'bench --accel: untimed steps before the timed ones '
+                     '(default 2; --gpu: 3, --quick: 1).')
 
 
 # sample / eval: what of a trained run's config may change, and the short flags that
@@ -418,8 +443,36 @@ def _eval():
     print(f'{k}: {v:.6g}')
 
 
+def _bench_accel():
+  from gensuite import bench  # pylint: disable=g-import-not-at-top
+  from gensuite import bench_accel  # pylint: disable=g-import-not-at-top
+  if FLAGS.quick and FLAGS.gpu:
+    _fail('--quick and --gpu are two presets; give one')
+  devices = None
+  if FLAGS['devices'].present:
+    if len(FLAGS.devices) != 1 or not FLAGS.devices[0].isdigit() or int(FLAGS.devices[0]) < 1:
+      _fail(f'bench --accel: --devices takes one positive count, got {",".join(FLAGS.devices)}')
+    devices = int(FLAGS.devices[0])
+  for name in ('batch', 'steps'):
+    if FLAGS[name].value is not None and FLAGS[name].value < 1:
+      _fail(f'--{name} must be a positive integer, got {FLAGS[name].value}')
+  out = FLAGS.out or 'docs/benchmarks.md'
+  command = 'gensuite ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['bench'] else \
+      'gensuite bench --accel'
+  print(bench_accel.run_to_markdown(
+      out, command, bench.machine_description(), models=FLAGS.models,
+      precisions=FLAGS.precisions, fsdp=FLAGS.fsdp,
+      preset='quick' if FLAGS.quick else 'gpu' if FLAGS.gpu else None, batch=FLAGS.batch,
+      steps=FLAGS.steps, warmup=FLAGS.warmup, devices=devices,
+      log=lambda m: print(m, file=sys.stderr)))
+  print(f'wrote {out}')
+
+
 def _bench():
   from gensuite import bench  # pylint: disable=g-import-not-at-top
+  if FLAGS.accel:
+    _bench_accel()
+    return
   if FLAGS.suite:
     try:
       devices = [int(d) for d in FLAGS.devices]

@@ -147,21 +147,25 @@ class Experiment:
     return data_decode(x) if decode and data_decode is not None else x
 
 
-def build_experiment(config, load_run=None, fsdp: int | None = None) -> Experiment:
+def build_experiment(config, load_run=None, fsdp: int | None = None,
+                     data=None) -> Experiment:
   """Validates the config and builds mesh, data and method (nothing is compiled yet).
 
   load_run(workdir) loads the other runs a config may name (a VAE for 'latents' data,
   a distillation teacher): gensuite.load_run, which callers pass down. `fsdp` replaces
-  config.mesh.fsdp (a loaded run on another number of devices).
+  config.mesh.fsdp (a loaded run on another number of devices). `data` replaces the
+  data config.data names (a source built for train.batch_size; the accelerator
+  benchmark's synthetic images of a dataset's shape).
   """
   config_lib.validate(config)
   mesh = parallel.make_mesh(config_lib.mesh_fsdp(config) if fsdp is None else fsdp)
   parallel.check_batch_size(config.train.batch_size, mesh,
                             config.train.get('grad_accum', 1))
-  data = data_lib.build(config.data, seed=config.seed,
-                        global_batch_size=config.train.batch_size,
-                        process_index=jax.process_index(), process_count=jax.process_count(),
-                        load_run=load_run)
+  if data is None:
+    data = data_lib.build(config.data, seed=config.seed,
+                          global_batch_size=config.train.batch_size,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count(), load_run=load_run)
   with nets.precision(config.train.get('precision', 'float32')):
     method = methods.build(config, data.spec, load_run=load_run)
   return Experiment(config=config, mesh=mesh, data=data, method=method)

@@ -229,3 +229,38 @@ def test_scale_settings_a_method_cannot_take_are_one_line_errors(spec, fields, n
   with pytest.raises(ConfigError, match=needle) as info:
     build_experiment(config)
   assert '\n' not in str(info.value)
+
+
+def test_digits_dit_variant_trains_a_step():
+  """configs/flow_matching/digits.py:dit,smoke builds a (tiny) DiT and trains."""
+  config = config_lib.from_file(os.path.join(REPO, 'configs/flow_matching/digits.py:dit,smoke'))
+  assert config.net.name == 'dit' and config.net.hidden == 16
+  full = config_lib.from_file(os.path.join(REPO, 'configs/flow_matching/digits.py:dit'))
+  assert (full.net.patch_size, full.net.hidden, full.net.depth, full.net.num_heads) == (
+      2, 128, 4, 4)
+  exp = build_experiment(config)
+  state = exp.init_state()
+  before = [np.asarray(p) for p in jax.tree.leaves(state.params)]
+  state, metrics = exp.bare_step(state, exp.global_batch(0))
+  assert np.isfinite(float(metrics['loss'])) and int(state.step) == 1
+  after = [np.asarray(p) for p in jax.tree.leaves(state.params)]
+  assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize('variant', ['dit', 'vp,dit', 'dit,vp,cond'])
+def test_cifar10_dit_variant_is_dit_b2(variant):
+  """configs/diffusion/cifar10.py:dit: DiT-B/2 (130M parameters, from abstract shapes),
+  with DiT's lr and no dropout whatever the token order."""
+  from gensuite import data as data_lib  # pylint: disable=g-import-not-at-top
+  from gensuite import methods  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_file(os.path.join(REPO, f'configs/diffusion/cifar10.py:{variant}'))
+  assert dict(config.net) == dict(name='dit', patch_size=2, hidden=768, depth=12,
+                                  num_heads=12, dropout=0.0)
+  assert config.optim.lr == 1e-4
+  spec = data_lib.DataSpec(name='cifar10', kind='image', shape=(32, 32, 3), num_classes=10)
+  method = methods.build(config, spec)
+  batch = {'x': jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((2,), jnp.int32)}
+  state = jax.eval_shape(method.init, jax.random.PRNGKey(0), batch)
+  count = nets.param_count(state.params)
+  assert 129.5e6 < count < 130.5e6, count

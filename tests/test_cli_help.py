@@ -90,9 +90,22 @@ def test_config_file_errors_are_one_line(args, needle, tmp_path):
   assert needle in line
 
 
-def test_bench_module_never_imports_the_cli():
-  with open(os.path.join(REPO, 'gensuite', 'bench.py')) as f:
-    source = f.read()
-  assert 'gensuite.cli' not in source and 'import cli' not in source
+def test_bench_modules_never_import_the_cli():
+  for name in ('bench.py', 'bench_accel.py'):  # their workers run them as scripts
+    with open(os.path.join(REPO, 'gensuite', name)) as f:
+      source = f.read()
+    assert 'gensuite.cli' not in source and 'import cli' not in source, name
   proc = run_cli('bench', '--help')  # `gensuite bench` still works through the CLI
-  assert proc.returncode == 0 and '--suite' in proc.stdout
+  assert proc.returncode == 0 and '--suite' in proc.stdout and '--accel' in proc.stdout
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--quick', '--gpu'], '--quick and --gpu are two presets; give one'),
+    (['--devices=1,2'], 'bench --accel: --devices takes one positive count, got 1,2'),
+    (['--models=vit'], "unknown model name 'vit'; allowed: dit, unet"),
+    (['--fsdp=0'], "--fsdp takes positive integers or 'all', got '0'"),
+])
+def test_bench_accel_bad_options_are_one_line_exit_2(args, needle, tmp_path):
+  out = tmp_path / 'b.md'
+  line = _one_line_error(run_cli('bench', '--accel', *args, f'--out={out}', check=False))
+  assert needle in line and not out.exists()

@@ -128,12 +128,12 @@ def test_method_section_is_the_familys_defaults_plus_overrides(path):
 @pytest.mark.parametrize('path, variant, expected', [
     ('configs/distill/toy2d.py', '', dict(
         objective='f_distill', divergence='js', fake_updates=4, disc_head='separate',
-        gan_weight=3e-3, disc_weight=1.0, reg_weight=0.0, lr_generator=1e-4)),
+        gan_weight=0.1, disc_weight=1.0, reg_weight=0.0, lr_generator=1e-3)),
     ('configs/distill/toy2d.py', 'dmd', dict(
         divergence='reverse_kl', fake_updates=1, disc_head='none', gan_weight=0.0,
         disc_weight=1.0, reg_weight=0.25)),
     ('configs/distill/toy2d.py', 'multistep,forward_kl,dmd2', dict(
-        divergence='reverse_kl', fake_updates=5, disc_head='fake_score', gan_weight=3e-3,
+        divergence='reverse_kl', fake_updates=5, disc_head='fake_score', gan_weight=0.1,
         disc_weight=1e-2, reg_weight=0.0, gen_steps=4, lr_fake_score=1e-3)),
     ('configs/distill/toy2d.py', 'dmd2,forward_kl,smoke', dict(
         divergence='forward_kl', fake_updates=2, num_pairs=64)),

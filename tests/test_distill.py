@@ -624,3 +624,25 @@ def test_class_conditional_run_teacher_with_a_feature_head(tmp_path, head):
   assert 'discriminator' in run.state.params
   y = run.sample(jax.random.PRNGKey(1), 8, steps=1, label=3)
   assert y.shape == (8, 8, 8, 1) and np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize('variant', ['dmd,smoke', 'dmd2,multistep,smoke'])
+def test_grad_accum_gives_the_one_batch_update(variant):
+  """DMD (with its paired regression) and a 4-step DMD2 (backward simulation, GAN head):
+  each inner update's part and the generator's batch split into 2 microbatches give the
+  update of the unsplit batch."""
+  from test_accel import _steps  # pylint: disable=g-import-not-at-top
+  spec = f'configs/distill/toy2d.py:{variant}'
+  loss_1, state_1 = _steps(spec)
+  loss_2, state_2 = _steps(spec, train__grad_accum=2)
+  np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+
+
+def test_f_distill_refuses_grad_accum_with_batch_normalisations():
+  config = toy2d.get_config('smoke')
+  config.train.grad_accum = 2
+  with pytest.raises(ConfigError, match='normalize_ratio'):
+    distill.Distill(config, data_lib.build(config.data, seed=0,
+                                           global_batch_size=config.train.batch_size).spec)

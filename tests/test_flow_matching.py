@@ -233,6 +233,7 @@ def test_ot_assignment_is_sorted_matching_in_1d_and_beats_identity():
 @pytest.mark.parametrize('arg, module', [
     ('8gaussians,smoke', toy2d), ('moons,vp,ot,smoke', toy2d), ('grid,cosine,smoke', toy2d),
     ('checkerboard,si,smoke', toy2d), ('smoke,contrastive', digits), ('smoke,cond,ot', digits),
+    ('8gaussians,concat,smoke', toy2d), ('moons,ot,sinkhorn,concat,smoke', toy2d),
 ])
 def test_every_variant_trains_and_samples(arg, module):
   """12 steps lower the flow-matching loss, measured on fixed batches and keys (the

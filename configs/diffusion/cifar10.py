@@ -3,6 +3,8 @@
   gensuite train --config=configs/diffusion/cifar10.py --workdir=runs/edm_cifar10
   gensuite train --config=configs/diffusion/cifar10.py:vp --workdir=runs/vp_cifar10
   gensuite train --config=configs/diffusion/cifar10.py:edm,cond --workdir=runs/edm_cifar10_cond
+  gensuite train --config=configs/diffusion/cifar10.py:dit --workdir=runs/edm_cifar10_dit \
+                 --config.train.precision=bfloat16 --config.mesh.fsdp=8
 
 Needs CIFAR-10 prepared for tensorflow-datasets in the data dir (`tfds build cifar10`
 on a machine with network access, then point $TFDS_DATA_DIR or --config.data.data_dir
@@ -21,6 +23,12 @@ Variants (comma-separated tokens):
                  steps, grad clip 1, EMA 0.9999, dropout 0.1, 1.3M steps; sampled
                  with Euler-Maruyama on 1000 levels.
   cond           class-conditional with 10% label dropout (classifier-free guidance).
+  dit            the transformer backbone instead of the U-Net: DiT-B/2 (gensuite.nets.DiT,
+                 2x2 patches of the 32x32 image = 256 tokens, hidden 768, 12 blocks, 12
+                 heads; 130M parameters), with DiT's optimizer settings (Peebles & Xie:
+                 Adam lr 1e-4, no dropout) in place of the recipe's lr and dropout;
+                 applied after the other tokens, whatever their order. The rest of the
+                 chosen recipe (batch, warm-up, EMA, steps, sampler) is kept; not tuned.
   fid            standard FID of 10k samples at every eval (against EDM's published
                  train-set statistics, or the reference images' own); needs the FID
                  Inception-v3 weights as a file, e.g.
@@ -34,7 +42,11 @@ import ml_collections
 from configs import common
 from gensuite import config as config_lib
 
-TOKENS = ('edm', 'vp', 'cond', 'fid')
+TOKENS = ('edm', 'vp', 'cond', 'dit', 'fid')
+# DiT-B/2 (Peebles & Xie, arXiv 2212.09748, table 1) at 32x32: patch 2, width 768, 12
+# blocks of 12 heads; their lr (Adam 1e-4, constant) and no dropout.
+DIT_B2 = dict(name='dit', patch_size=2, hidden=768, depth=12, num_heads=12, dropout=0.0)
+DIT_LR = 1e-4
 
 
 def _vp(c: ml_collections.ConfigDict) -> None:
@@ -45,6 +57,11 @@ def _vp(c: ml_collections.ConfigDict) -> None:
   c.train.batch_size, c.train.num_steps = 128, 1_300_000
   c.train.eval_every = c.train.ckpt_every = 50_000
   c.sampler.name, c.sampler.steps = 'euler_maruyama', 1000
+
+
+def _dit(c: ml_collections.ConfigDict) -> None:
+  c.net = ml_collections.ConfigDict(DIT_B2)
+  c.optim.lr = DIT_LR
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -67,6 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'vp': _vp,
       'cond': common.setter(**{'method.class_conditional': True,
                                'method.label_dropout': 0.1}),
+      'dit': lambda c: backbone.append(_dit),
       'fid': common.setter(**{'eval.metrics': ('fid',)}),
   }
-  return common.apply_variant(c, arg, edits, 'diffusion cifar10')
+  backbone = []  # applied after the other tokens: vp's lr and dropout are the U-Net's
+  c = common.apply_variant(c, arg, edits, 'diffusion cifar10')
+  for edit in backbone:
+    edit(c)
+  return c

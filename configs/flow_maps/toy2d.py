@@ -11,7 +11,8 @@ The variant is a comma-separated list of tokens, in any order:
           parametrisation trained by ECT's discrete-time consistency: sigma ~
           LogNormal(-1.1, 2), a new stage every eighth of training), shortcut
   data:   unequal8 (default: 8 modes on a circle of radius 2, std 0.15, weights
-          0.04 .. 0.25, as configs/distill/toy2d.py), 8gaussians, grid
+          0.04 .. 0.25, as configs/distill/toy2d.py), wide8 (radius 3, the
+          weights reordered), 8gaussians, grid
   smoke:  a few steps of a tiny net, for tests
 
 Each method keeps its family defaults (gensuite.methods.defaults) except where the
@@ -37,7 +38,7 @@ modes_covered) beside MMD and the exact NLL.
 import ml_collections
 
 from configs import common
-from configs.distill.toy2d import unequal8_params
+from configs.distill.toy2d import unequal8_params, wide8_params
 from gensuite import config as config_lib
 
 METHODS = ('meanflow', 'scm', 'shortcut')
@@ -86,6 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           'method.ect_stage_steps': NUM_STEPS // 8})(c)),
       'unequal8': common.setter(**{'data.name': 'gaussian_mixture',
                                    'data.params': unequal8_params()}),
+      'wide8': common.setter(**{'data.name': 'gaussian_mixture',
+                                'data.params': wide8_params()}),
       '8gaussians': common.setter(**{'data.name': '8gaussians', 'data.params': {}}),
       'grid': common.setter(**{'data.name': 'grid', 'data.params': {}}),
   }

@@ -8,6 +8,10 @@ The variant is a comma-separated list of tokens, in any order:
   path:      linear (default; rectified flow / CFM), vp, cosine
   coupling:  independent (default), ot (minibatch OT-CFM)
   objective: si (stochastic interpolant, gamma = sqrt(t(1-t)), with a denoiser head)
+  net:       film (default; FiLM-conditioned residual MLP), concat (plain MLP on [x, t],
+             torchcfm's network; experiments/compare_peers.py)
+  ot solver: sinkhorn (with ot: on-device entropic OT + rounding instead of the exact
+             host-side assignment)
   size:      smoke (a few steps of a tiny net, for tests)
 """
 import ml_collections
@@ -18,13 +22,15 @@ from gensuite import config as config_lib
 DATA = ('8gaussians', 'grid', 'moons', 'checkerboard', 'rings', 'swissroll')
 PATHS = ('linear', 'vp', 'cosine')
 COUPLINGS = ('independent', 'ot')
-OTHER = ('si', 'smoke')
+CONDITIONING = ('film', 'concat')
+OTHER = ('si', 'sinkhorn', 'smoke')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.name = '8gaussians'
-  c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64))
+  c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=256, depth=3, emb_dim=64,
+                                                  conditioning='film'))
   c.method = common.method('flow_matching')
   c.optim.update(lr=2e-3, schedule='cosine', warmup_steps=100, final_lr_fraction=0.05,
                  ema_decays=(0.999,))
@@ -35,6 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **{d: common.setter(**{'data.name': d}) for d in DATA},
       **{p: common.setter(**{'method.path': p}) for p in PATHS},
       **{k: common.setter(**{'method.coupling': k}) for k in COUPLINGS},
+      **{k: common.setter(**{'net.conditioning': k}) for k in CONDITIONING},
+      'sinkhorn': common.setter(**{'method.ot_solver': 'sinkhorn'}),
       'si': common.setter(**{'method.gamma': 'sqrt', 'method.denoiser_head': True,
                              'method.t_eps': 1e-3}),
   }

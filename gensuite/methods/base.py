@@ -136,6 +136,19 @@ class Method:
     microbatches (accumulate_grads); what every train_step calls for its gradient."""
     return accumulate_grads(loss_fn, params, batch, rng, self.grad_accum)
 
+  def sample_labels(self, rng, num: int, label=None):
+    """[num] labels to sample with: `label` (an int or [num]) broadcast, or uniform
+    draws; None for an unconditional run, which refuses a given label in one line."""
+    conditional = getattr(self, 'conditional', False)
+    if label is not None and not conditional:
+      raise ConfigError(f'sampling got a label, but this {self.config.method.name} run is '
+                        'unconditional (method.class_conditional=False)')
+    if not conditional:
+      return None
+    if label is None:
+      return jax.random.randint(rng, (num,), 0, self.spec.num_classes)
+    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num,))
+
   def refuse_grad_accum(self, why: str) -> None:
     """The one-line ConfigError for config.train.grad_accum > 1, saying `why` not."""
     raise ConfigError(f'config.train.grad_accum={self.grad_accum}: {why}; use '
@@ -276,13 +289,6 @@ class FieldSampling:
       return main
     return samplers.guidance.guide(main, self.other_field(params, label, spec), spec.weight,
                                    spec.sigma_lo, spec.sigma_hi)
-
-  def sample_labels(self, rng, num: int, label=None):
-    if not self.conditional:
-      return None
-    if label is None:
-      return jax.random.randint(rng, (num,), 0, self.spec.num_classes)
-    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num,))
 
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, cfg_scale: float = 1.0,

@@ -82,7 +82,7 @@ import optax
 
 from gensuite import nets, samplers
 from gensuite.errors import ConfigError
-from gensuite.methods import defaults, divergences, optim, teachers
+from gensuite.methods import defaults, divergences, optim, rand, teachers
 from gensuite.methods.base import choice, Method
 from gensuite.methods.diffusion import edm_preconditioning
 from gensuite.methods.state import TrainState, ema_name
@@ -119,6 +119,7 @@ def split_batch(batch, parts: int):
 
 class Distill(Method):
   """f-distill / DMD / DMD2 (see module docstring)."""
+  supports_grad_accum = True  # but not f-distill's batch normalisations (see __init__)
 
   def __init__(self, config, data_spec, load_run=None):
     super().__init__(config, data_spec, load_run)
@@ -190,6 +191,18 @@ class Distill(Method):
     self.normalize_ratio = bool(mc.normalize_ratio)
     self.normalize_h = bool(mc.normalize_h)
     self.dm_normalize = bool(mc.dm_normalize)
+    if self.grad_accum > 1 and self.objective == 'f_distill' and (
+        self.normalize_ratio or self.normalize_h):
+      self.refuse_grad_accum(
+          'f-distill divides r by per-bin batch means and h by its batch mean '
+          '(method.normalize_ratio, method.normalize_h), which microbatches would change; '
+          'set both False, or use objective dmd or dmd2')
+    parts = batch_size // self.fake_updates
+    if parts % self.grad_accum:
+      raise ConfigError(f'each inner update\'s part of the batch ({parts} = train.batch_size '
+                        f'/ method.fake_updates) must split into config.train.grad_accum='
+                        f'{self.grad_accum} microbatches; use a batch_size that is a '
+                        f'multiple of {self.fake_updates * self.grad_accum}')
     # Student steps.
     self.gen_steps = int(mc.gen_steps)
     if self.gen_steps < 1:
@@ -331,22 +344,25 @@ class Distill(Method):
   def sample_sigma(self, rng, n, full=False):
     """sigma on the Karras grid, index uniform in t_range (or the full grid); and bin."""
     lo, hi = (0, self.num_levels - 1) if full else self.index_range
-    i = jax.random.randint(rng, (n,), lo, hi + 1)
+    i = rand.randint(rng, (n,), lo, hi + 1)
     bins = jnp.minimum((i - lo) * self.ratio_bins // (hi - lo + 1), self.ratio_bins - 1)
     return jnp.asarray(self.levels)[i], bins
 
-  def generate(self, gen_params, z, rng=None, k=None, label=None):
+  def generate(self, gen_params, z, rng=None, k=None, label=None, per_example=True):
     """x0 at student step k (backward simulation from pure noise; k=None: last step).
 
     With k given, the steps before k run without gradient and the last one with it.
+    The re-noising draws are per example of the step's batch (gensuite.methods.rand)
+    unless per_example=False (the paired regression's own batch).
     """
+    normal = rand.normal if per_example else jax.random.normal
     sig = jnp.asarray(self.gen_sigmas)
     k = self.gen_steps - 1 if k is None else k
     x = sig[0] * z
     if self.gen_steps > 1:
       def body(j, x):
         x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j], label))
-        eps = jax.random.normal(jax.random.fold_in(rng, j), x.shape, x.dtype)
+        eps = normal(jax.random.fold_in(rng, j), x.shape, x.dtype)
         return x0 + sig[j + 1] * eps
       x = jax.lax.fori_loop(0, k, body, x)
     return self.generator(gen_params, x, sig[k], label)
@@ -361,11 +377,11 @@ class Distill(Method):
     n = real.shape[0]
     k_z, k_sim, k_k, k_s, k_e, k_sd, k_e2, k_e3, k_lab = jax.random.split(rng, 9)
     label = self.labels(batch, k_lab)
-    z = jax.random.normal(k_z, real.shape, real.dtype)
+    z = rand.normal(k_z, real.shape, real.dtype)
     k = jax.random.randint(k_k, (), 0, self.gen_steps)
     x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k, label))
     sigma, _ = self.sample_sigma(k_s, n, full=True)
-    x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, x0.shape, x0.dtype)
+    x_t = x0 + _bcast(sigma, x0) * rand.normal(k_e, x0.shape, x0.dtype)
     d_fake = self.fake_denoiser(trainable['fake_score'], x_t, sigma, label)
     weight = 1.0 / sigma**2 + 1.0 / self.sigma_data**2
     dsm = jnp.mean(weight * _mean_dims((d_fake - x0)**2))
@@ -373,8 +389,8 @@ class Distill(Method):
     loss = dsm
     if self.disc_head != 'none':
       sd, _ = self.sample_sigma(k_sd, n)
-      fake_t = x0 + _bcast(sd, x0) * jax.random.normal(k_e2, x0.shape, x0.dtype)
-      real_t = real + _bcast(sd, real) * jax.random.normal(k_e3, real.shape, real.dtype)
+      fake_t = x0 + _bcast(sd, x0) * rand.normal(k_e2, x0.shape, x0.dtype)
+      real_t = real + _bcast(sd, real) * rand.normal(k_e3, real.shape, real.dtype)
       l_fake = self.logit(trainable, fake_t, sd, label)
       l_real = self.logit(trainable, real_t, sd, label)
       disc = jnp.mean(jax.nn.softplus(l_fake)) + jnp.mean(jax.nn.softplus(-l_real))
@@ -402,11 +418,11 @@ class Distill(Method):
     n = shape[0]
     k_z, k_sim, k_k, k_s, k_e, k_reg, k_lab = jax.random.split(rng, 7)
     label = self.labels(batch, k_lab)
-    z = jax.random.normal(k_z, shape, jnp.float32)
+    z = rand.normal(k_z, shape, jnp.float32)
     k = jax.random.randint(k_k, (), 0, self.gen_steps)
     x0 = self.generate(gen_params, z, k_sim, k, label)
     sigma, bins = self.sample_sigma(k_s, n)
-    x_t = x0 + _bcast(sigma, x0) * jax.random.normal(k_e, shape, x0.dtype)
+    x_t = x0 + _bcast(sigma, x0) * rand.normal(k_e, shape, x0.dtype)
     x_t_sg = jax.lax.stop_gradient(x_t)
     d_real = jax.lax.stop_gradient(self.teacher.denoiser(x_t_sg, sigma, label,
                                                          self.cfg_scale))
@@ -441,7 +457,7 @@ class Distill(Method):
     if self.reg_weight > 0:
       k_idx, k_chain = jax.random.split(k_reg)
       idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
-      pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain)
+      pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain, per_example=False)
       reg = jnp.mean(_mean_dims((pred - extra['pair_target'][idx])**2))
       metrics['reg_loss'] = reg
       loss = loss + self.reg_weight * reg
@@ -498,8 +514,8 @@ class Distill(Method):
     def fake_update(carry, inputs):
       trainable, opt = carry
       key, part = inputs
-      grads, metrics = jax.grad(self.fake_loss, has_aux=True)(trainable, gen_params,
-                                                              part, key)
+      grads, metrics = self.loss_grads(
+          lambda p, b, r: self.fake_loss(p, gen_params, b, r), trainable, part, key)
       new, new_opt = {}, {}
       for name in fake_names:
         new[name], new_opt[name] = self._update(name, trainable[name], opt[name],
@@ -514,8 +530,9 @@ class Distill(Method):
         (jax.random.split(k_fake, self.fake_updates), parts))
     fake_metrics = jax.tree.map(jnp.mean, fake_metrics)
     gen_batch = jax.tree.map(lambda v: v[0], parts)
-    grads, (gen_metrics, running) = jax.grad(self.generator_loss, has_aux=True)(
-        gen_params, trainable, gen_batch, k_gen, state.extra)
+    grads, (gen_metrics, running) = self.loss_grads(
+        lambda p, b, r: self.generator_loss(p, trainable, b, r, state.extra), gen_params,
+        gen_batch, k_gen)
     new_gen, gen_opt = self._update('generator', gen_params, state.opt_state['generator'],
                                     grads)
     ema = {name: {'generator': jax.tree.map(lambda e, p, d=float(name): d * e + (1 - d) * p,

@@ -158,16 +158,6 @@ class FlowMap(Method):
     if int(steps) < 1:
       raise ConfigError(f'{where}={steps}: a {self.name} run samples with 1 or more steps')
 
-  def sample_labels(self, rng, num, label=None):
-    if label is not None and not self.conditional:
-      raise ConfigError(f'sampling got a label, but this {self.name} run is unconditional '
-                        '(method.class_conditional=False)')
-    if not self.conditional:
-      return None
-    if label is None:
-      return jax.random.randint(rng, (num,), 0, self.spec.num_classes)
-    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num,))
-
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, **unused):
     """num samples with `steps` network calls (default config.sampler.steps); the

@@ -45,6 +45,7 @@ import numpy as np
 
 from gensuite import samplers
 from gensuite.errors import ConfigError
+from gensuite.methods import rand
 
 
 def pf_ode_sample(denoiser, z: jax.Array, sigma_max: float, sigma_min: float = 0.002,
@@ -104,7 +105,10 @@ class AnalyticTeacher:
     log_n = -0.5 * jnp.sum(diff**2 / var + jnp.log(var), axis=-1)      # [B, K]
     with np.errstate(divide='ignore'):
       log_w = jnp.asarray(np.log(self.class_prior))
-    return jax.random.categorical(rng, log_w + log_n, axis=-1)
+    # Gumbel-max with per-example uniforms (gensuite.methods.rand), so a label does not
+    # depend on how the batch is split into microbatches.
+    u = rand.uniform(rng, log_n.shape, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    return jnp.argmax(log_w + log_n - jnp.log(-jnp.log(u)), axis=-1)
 
   def sample(self, z: jax.Array, sigma_max: float = 80.0,
              steps: int = 18) -> tuple[jax.Array, int]:

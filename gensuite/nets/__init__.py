@@ -112,6 +112,10 @@ def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
   if unknown:
     raise ConfigError(f'net {name!r} has no field(s) {", ".join(unknown)}; allowed: '
                       f'{", ".join(allowed)}')
+  for field, options in getattr(cls, 'field_choices', {}).items():
+    if field in fields and fields[field] not in options:
+      raise ConfigError(f'net.{field} must be one of {", ".join(options)} for net '
+                        f'{name!r}, got {fields[field]!r}')
   shape = tuple(int(d) for d in data_shape)
   rank = _DATA_RANK[name]
   if len(shape) != rank:
