@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO, cli_env, losses, run_cli
 
@@ -36,9 +37,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize('mesh', [[], ['--config.mesh.fsdp=4']], ids=['replicated', 'fsdp4'])
+def test_two_processes_equal_one_process(tmp_path, mesh):
+  """2 processes x 2 devices train like 1 process x 4 devices, with the state replicated
+  or sharded over all 4 devices (the fsdp axis then spans both processes)."""
   single, multi = str(tmp_path / 'single'), str(tmp_path / 'multi')
-  args = [f'--config={TOY}', '--config.train.eval_every=0']
+  args = [f'--config={TOY}', '--config.train.eval_every=0', *mesh]
   run_cli('train', f'--workdir={single}', *args, devices=4)
   port = _free_port()
   procs = [subprocess.Popen(

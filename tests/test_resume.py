@@ -82,3 +82,22 @@ def test_ten_random_kill_points_each_resume_bitwise_equal(reference, tmp_path):
     if var == 'GENSUITE_FAULT_KILL_AT_STEP' and step < 25:
       _kill_and_resume(killed, {var: step + 5})
     _assert_same_as(reference, killed)
+
+
+def test_sigkill_then_resume_is_bitwise_equal_with_sharded_state(tmp_path):
+  """The same kill and resume with the state sharded over 4 (simulated) devices
+  (mesh.fsdp = 4): the sharded checkpoint restores onto the same mesh and the resumed
+  run ends bitwise equal to the uninterrupted one, logged losses included."""
+  args = ARGS + ['--config.mesh.fsdp=4']
+  full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
+  run_cli('train', f'--workdir={full}', *args, devices=4)
+  proc = run_cli('train', f'--workdir={killed}', *args, devices=4, check=False,
+                 GENSUITE_FAULT_KILL_AT_STEP=17)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert checkpoint_steps(killed) == [10]
+  run_cli('train', f'--workdir={killed}', *args, devices=4)
+  (step_a, leaves_a), (step_b, leaves_b) = final_leaves(full), final_leaves(killed)
+  assert step_a == step_b == 30 and len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)  # bitwise
+  assert losses(killed) == losses(full)
