@@ -62,12 +62,18 @@ def test_rand_draws_the_same_rows_in_any_split():
   np.testing.assert_array_equal(t, jax.random.uniform(key, (2, 6))[:, 1::2])
 
 
-def _steps(spec, steps=2, **fields):
+def _config(spec, **fields):
+  """The config of `spec` with fields given as section__name=value."""
   config = config_lib.from_file(spec)
   with config.unlocked():
     for path, value in fields.items():
       section, name = path.split('__')
       config[section][name] = value
+  return config
+
+
+def _steps(spec, steps=2, **fields):
+  config = _config(spec, **fields)
   exp = build_experiment(config)
   state = exp.init_state()
   out = []
@@ -221,11 +227,7 @@ def test_bad_scale_settings_exit_2_before_writing(tmp_path, args, needle):
     ('configs/vae/toy2d.py:smoke', dict(train__precision='bfloat16'), 'float32 only'),
 ])
 def test_scale_settings_a_method_cannot_take_are_one_line_errors(spec, fields, needle):
-  config = config_lib.from_file(spec)
-  with config.unlocked():
-    for path, value in fields.items():
-      section, name = path.split('__')
-      config[section][name] = value
+  config = _config(spec, **fields)
   with pytest.raises(ConfigError, match=needle) as info:
     build_experiment(config)
   assert '\n' not in str(info.value)
