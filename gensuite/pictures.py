@@ -5,6 +5,8 @@
   plot = pictures.scatter_plot(samples, reference, title='step 100')
   plot = pictures.scatter_plot(samples, reference, trajectories=traj)  # [T, n, 2] paths
   pictures.save_png('samples.png', grid)
+  both = pictures.side_by_side([pictures.titled(g1, '1 NFE'), pictures.titled(g2, '2 NFE')])
+  curve = pictures.line_plot({'run a': (steps, values)}, xlabel='step', logy=True)
 
 The loop logs them to TensorBoard and DIR/samples/; methods draw their own with them.
 They are for looking at, not for measuring: a grid upscales small images by an integer
@@ -115,6 +117,55 @@ def scatter_plot(samples: np.ndarray, reference: np.ndarray | None = None,
     ax.set_title(panel if not title else f'{panel} ({title})' if panel == 'samples' else panel,
                  fontsize=9)
     ax.tick_params(labelsize=7)
+  fig.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def titled(image: np.ndarray, text: str) -> np.ndarray:
+  """`image` (uint8 [H, W, 3]) with `text` centred in a strip above it."""
+  strip = _label_strip(text, image.shape[1])
+  return np.concatenate([np.repeat(strip[..., None], 3, axis=-1), image], axis=0)
+
+
+def side_by_side(images, gap: int = 8) -> np.ndarray:
+  """uint8 [H, W, 3] pictures in one row, top-aligned, `gap` px of white between them."""
+  height = max(im.shape[0] for im in images)
+  parts = []
+  for k, im in enumerate(images):
+    pad = np.full((height - im.shape[0], im.shape[1], 3), 255, np.uint8)
+    parts.append(np.concatenate([im, pad], axis=0))
+    if k < len(images) - 1:
+      parts.append(np.full((height, gap, 3), 255, np.uint8))
+  return np.concatenate(parts, axis=1)
+
+
+def line_plot(curves, xlabel: str = '', ylabel: str = '', title: str = '',
+              logy: bool = False, size=(5.0, 3.4)) -> np.ndarray:
+  """Lines with markers as uint8 [H, W, 3]: `curves` is {label: (xs, ys)} for one
+  panel (y axis `ylabel`), or a list of (ylabel, {label: (xs, ys)}) for panels side by
+  side sharing `xlabel`; `title` goes over the first panel."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  panels = [(ylabel, curves)] if isinstance(curves, dict) else list(curves)
+  fig = Figure(figsize=(size[0] * len(panels), size[1]), dpi=100)
+  canvas = FigureCanvasAgg(fig)
+  for k, (label_y, panel) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), k + 1)
+    for label, (xs, ys) in panel.items():
+      ax.plot(xs, ys, marker='o', ms=3, lw=1.2, label=label)
+    if logy:
+      ax.set_yscale('log')
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(label_y, fontsize=9)
+    if k == 0 and title:
+      ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3, which='both')
+    if len(panel) > 1:
+      ax.legend(fontsize=8)
   fig.tight_layout()
   canvas.draw()
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -17,7 +17,8 @@ discriminator is a light head on the fake score's / the frozen teacher's U-Net
 bottleneck, DMD2's / FastGen's choice, instead of a separate U-Net); cond (a
 class-conditional student of a class-conditional teacher,
 configs/diffusion/digits.py:cond in runs/edm_digits_cond, guided with
-method.teacher_cfg_scale = 1.5, not tuned); smoke (tiny, for tests; pair it with a
+method.teacher_cfg_scale = 1.5, not tuned); multistep (a 4-step student:
+method.gen_steps = 4 with backward simulation, sampled with 4 steps); smoke (tiny, for tests; pair it with a
 smoke teacher).
 
 Each of the method.fake_updates = K inner updates of a step takes its own 1/K of the
@@ -68,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       **common.distill_objective_edits(OBJECTIVES, OBJECTIVE_OVERRIDES),
       **{d: common.setter(**{'method.divergence': d}) for d in divergences.DIVERGENCES},
       **{token: (lambda c, h=head: heads.append(h)) for token, head in HEAD_TOKENS.items()},
+      'multistep': common.setter(**{'method.gen_steps': 4, 'sampler.steps': 4}),
       'cond': common.setter(**{'method.class_conditional': True,
                                'method.teacher_cfg_scale': 1.5,
                                'teacher.workdir': 'runs/edm_digits_cond'}),

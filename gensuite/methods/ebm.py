@@ -16,6 +16,11 @@ exact samples of the initial model (see gensuite.nets.energy) with A = 0. One st
   3. X' = X - h grad U_theta(X) + sqrt(2h) z, and A' = A - a_theta'(X', X) + a_theta(X, X')
      (the exact Jarzynski increment, gensuite.samplers.smc.jarzynski_ula_move); any
      further ULA steps of the same update use theta' on both sides (the MH-ratio form).
+     With method.walker_move = 'mala' instead: A' = A + U_theta(X) - U_theta'(X), then
+     `ula_steps` MALA steps under theta' (invariant, so the move adds no weight): the
+     same exactness, with weights that see only the parameter step; the ULA form also
+     pays each move's Metropolis ratio in weight, which for a steep energy (h near
+     2 / curvature) is what drives the log Z estimate away (experiments/ebm_log_z.py).
   4. if ESS / N < resample_threshold: resample X, add log mean e^A to the log Z offset,
      set A = 0.
 log Z_theta ~ log Z_0 + offset + log mean e^A, so the cross-entropy estimate
@@ -44,9 +49,10 @@ from gensuite import samplers
 from gensuite.methods import defaults
 from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients
-from gensuite.samplers import langevin, smc
+from gensuite.samplers import ais, langevin, smc
 
 ESTIMATORS = ('jarzynski', 'ula_unweighted', 'pcd', 'cd')
+WALKER_MOVES = ('ula', 'mala')
 ENERGY_NETS = ('energy_mlp', 'energy_conv', 'gmm_energy')
 
 
@@ -70,6 +76,12 @@ class EBM(Method):
     mc = defaults.resolve(config.method)
     super().__init__(config, data_spec, load_run)
     self.estimator = choice(mc, 'estimator', ESTIMATORS)
+    self.walker_move = choice(mc, 'walker_move', WALKER_MOVES)
+    self.log_z_walkers = mc.log_z_walkers
+    if isinstance(self.log_z_walkers, bool) or not isinstance(self.log_z_walkers, int) or \
+        self.log_z_walkers < 0:
+      raise ConfigError('method.log_z_walkers (a separate population for the log Z '
+                        f'estimate; 0: none) must be an integer >= 0, got {self.log_z_walkers!r}')
     self.num_walkers = _positive('method.num_walkers', mc.num_walkers, True)
     self.step_size = _positive('method.step_size', mc.step_size)
     self.ula_steps = _positive('method.ula_steps', mc.ula_steps, True)
@@ -99,6 +111,17 @@ class EBM(Method):
     self.check_sampler()
     self.sample_step_size = _positive('sampler.step_size',
                                       config.sampler.get('step_size', self.step_size))
+    ec = config.eval
+    self.ais_temps = ec.get('ais_temps', 0)
+    if isinstance(self.ais_temps, bool) or not isinstance(self.ais_temps, int) or \
+        self.ais_temps < 0:
+      raise ConfigError('eval.ais_temps (AIS temperatures at eval; 0: no AIS) must be an '
+                        f'integer >= 0, got {self.ais_temps!r}')
+    if self.ais_temps:
+      self.ais_chains = _positive('eval.ais_chains', ec.get('ais_chains', 256), True)
+      self.ais_mala_steps = _positive('eval.ais_mala_steps', ec.get('ais_mala_steps', 1), True)
+      h = float(ec.get('ais_step_size', 0.0) or 0.0)
+      self.ais_step_size = _positive('eval.ais_step_size', h) if h else self.sample_step_size
 
   # ---- pieces ------------------------------------------------------------------
 
@@ -158,8 +181,54 @@ class EBM(Method):
         'log_z_offset': jnp.zeros((), dtype),
         'num_resamples': jnp.zeros((), jnp.int32),
     }
+    if self.log_z_walkers:
+      zw = self.net.apply({'params': params}, jax.random.fold_in(k_walkers, 1),
+                          self.log_z_walkers, method='sample_init')
+      extra.update(z_walkers=zw, z_log_weights=jnp.zeros((self.log_z_walkers,), dtype),
+                   z_log_z_offset=jnp.zeros((), dtype), z_num_resamples=jnp.zeros((), jnp.int32))
     return TrainState.create(params, self.tx, self.ema_decays, extra=extra,
                              phema_stds=self.phema_stds)
+
+  def log_z(self, extra) -> jax.Array:
+    """The walkers' log Z estimate: from the log-Z population when there is one."""
+    pre = 'z_' if self.log_z_walkers else ''
+    return extra['log_z0'] + extra[pre + 'log_z_offset'] + smc.log_mean_weight(
+        extra[pre + 'log_weights'])
+
+  def _jarzynski(self, params, new_params, walkers, log_weights, k_move, k_more):
+    """Walkers and weights that tracked rho_params, moved and reweighted to track
+    rho_new_params (walker_move 'ula': the Jarzynski ULA increments; 'mala': reweight
+    by the energy change, then MALA under new_params). Returns (walkers, weights, info)."""
+    new_energy = self.energy_fn(new_params)
+    if self.walker_move == 'mala':
+      log_weights = log_weights + self.energy_fn(params)(walkers) - new_energy(walkers)
+      walkers, info = langevin.mala(new_energy, walkers, k_move, self.step_size,
+                                    self.ula_steps)
+      return walkers, log_weights, {'acceptance': info['acceptance']}
+    walkers, delta, _ = smc.jarzynski_ula_move(self.energy_fn(params), new_energy, walkers,
+                                               k_move, self.step_size)
+    log_weights = log_weights + delta
+    if self.ula_steps > 1:
+      def more(carry, key):
+        x, a = carry
+        x, d, _ = smc.jarzynski_ula_move(new_energy, new_energy, x, key, self.step_size)
+        return (x, a + d), None
+
+      (walkers, log_weights), _ = jax.lax.scan(
+          more, (walkers, log_weights), jax.random.split(k_more, self.ula_steps - 1))
+    return walkers, log_weights, {}
+
+  def _resample(self, walkers, log_weights, offset, count, rng):
+    """Resample when ESS / N < resample_threshold; the log mean weight joins the offset."""
+    n = log_weights.shape[0]
+    if self.resample_threshold <= 0:
+      return walkers, log_weights, offset, count, jnp.zeros((), jnp.bool_)
+    resampled = smc.ess(log_weights) < self.resample_threshold * n
+    idx = smc.resample(self.resampler, rng, log_weights)
+    walkers = jnp.where(resampled, walkers[idx], walkers)
+    offset = jnp.where(resampled, offset + smc.log_mean_weight(log_weights), offset)
+    log_weights = jnp.where(resampled, jnp.zeros_like(log_weights), log_weights)
+    return walkers, log_weights, offset, count + resampled.astype(jnp.int32), resampled
 
   def train_step(self, state, batch, rng):
     ex = state.extra
@@ -172,7 +241,7 @@ class EBM(Method):
       walkers = self._ula(params, data_x[idx].astype(walkers.dtype), k_pre, self.cd_steps)
     elif self.estimator == 'pcd':
       walkers = self._ula(params, walkers, k_pre, self.ula_steps)
-    log_z = ex['log_z0'] + ex['log_z_offset'] + smc.log_mean_weight(log_weights)
+    log_z = self.log_z(ex)
     grads, terms = jax.grad(self.loss, has_aux=True)(params, data_x, walkers, log_weights)
     new_state, norms = apply_gradients(state, self._scale_grads(grads), self.tx)
     new_params = new_state.params
@@ -184,35 +253,31 @@ class EBM(Method):
         'cross_entropy': terms['data_energy'] + log_z,
         'ess': smc.ess(log_weights) / n,
     }
-    if self.estimator in ('jarzynski', 'ula_unweighted'):
-      if self.estimator == 'jarzynski':
-        walkers, delta, _ = smc.jarzynski_ula_move(
-            self.energy_fn(params), self.energy_fn(new_params), walkers, k_move,
-            self.step_size)
-        log_weights = log_weights + delta
-        if self.ula_steps > 1:
-          same = self.energy_fn(new_params)
-
-          def more(carry, key):
-            x, a = carry
-            x, d, _ = smc.jarzynski_ula_move(same, same, x, key, self.step_size)
-            return (x, a + d), None
-
-          (walkers, log_weights), _ = jax.lax.scan(
-              more, (walkers, log_weights), jax.random.split(k_more, self.ula_steps - 1))
-      else:
-        walkers = self._ula(params, walkers, k_move, 1)
-        if self.ula_steps > 1:
-          walkers = self._ula(new_params, walkers, k_more, self.ula_steps - 1)
+    extra = dict(ex)
+    if self.estimator == 'jarzynski':
+      walkers, log_weights, info = self._jarzynski(
+          params, new_params, walkers, log_weights, k_move, k_more)
+      metrics.update(info)
+    elif self.estimator == 'ula_unweighted':
+      walkers = self._ula(params, walkers, k_move, 1)
+      if self.ula_steps > 1:
+        walkers = self._ula(new_params, walkers, k_more, self.ula_steps - 1)
     offset, num_resamples = ex['log_z_offset'], ex['num_resamples']
     resampled = jnp.zeros((), jnp.bool_)
-    if self.estimator == 'jarzynski' and self.resample_threshold > 0:
-      resampled = smc.ess(log_weights) < self.resample_threshold * n
-      idx = smc.resample(self.resampler, k_res, log_weights)
-      walkers = jnp.where(resampled, walkers[idx], walkers)
-      offset = jnp.where(resampled, offset + smc.log_mean_weight(log_weights), offset)
-      log_weights = jnp.where(resampled, jnp.zeros_like(log_weights), log_weights)
-      num_resamples = num_resamples + resampled.astype(jnp.int32)
+    if self.estimator == 'jarzynski':
+      walkers, log_weights, offset, num_resamples, resampled = self._resample(
+          walkers, log_weights, offset, num_resamples, k_res)
+    if self.log_z_walkers:  # a population that tracks rho_theta and never feeds the gradient
+      metrics['log_z_coupled'] = ex['log_z0'] + ex['log_z_offset'] + \
+          smc.log_mean_weight(ex['log_weights'])
+      metrics['log_z_ess'] = smc.ess(ex['z_log_weights']) / self.log_z_walkers
+      zw, za, _ = self._jarzynski(params, new_params, ex['z_walkers'], ex['z_log_weights'],
+                                  jax.random.fold_in(k_move, 1), jax.random.fold_in(k_more, 1))
+      zw, za, zoff, zcount, _ = self._resample(zw, za, ex['z_log_z_offset'],
+                                               ex['z_num_resamples'],
+                                               jax.random.fold_in(k_res, 1))
+      extra.update(z_walkers=zw, z_log_weights=za, z_log_z_offset=zoff,
+                   z_num_resamples=zcount)
     metrics['resampled'] = resampled.astype(jnp.float32)
     metrics['num_resamples'] = num_resamples.astype(jnp.float32)
     if self.is_gmm:
@@ -220,7 +285,7 @@ class EBM(Method):
       for m in range(w.shape[0]):
         metrics[f'weight_{m}'] = w[m]
       metrics['exact_log_z'] = self.net.apply({'params': params}, method='log_partition')
-    extra = dict(ex, walkers=walkers, log_weights=log_weights, log_z_offset=offset,
+    extra.update(walkers=walkers, log_weights=log_weights, log_z_offset=offset,
                  num_resamples=num_resamples)
     return new_state.replace(extra=extra), {**metrics, **norms}
 
@@ -244,12 +309,16 @@ class EBM(Method):
     return jnp.mean(u) + self.net.apply({'params': params}, method='log_partition')
 
   def evaluate(self, state, rng, data, workdir=None):
-    """Extra eval scalars: the log Z / cross-entropy estimates, exact ones for the GMM."""
+    """Extra eval scalars: the log Z / cross-entropy estimates, exact ones for the GMM,
+    a quadrature log Z in 2-D, and with eval.ais_temps > 0 an AIS log Z (+ its stderr)."""
     del workdir
     ex = jax.device_get(state.extra)
-    log_z = float(ex['log_z0'] + ex['log_z_offset'] + smc.log_mean_weight(ex['log_weights']))
+    log_z = float(self.log_z(ex))
     scalars = {'log_z_estimate': log_z, 'ess': float(smc.ess(ex['log_weights'])) /
                self.num_walkers}
+    if self.log_z_walkers:
+      scalars['log_z_coupled'] = float(ex['log_z0'] + ex['log_z_offset'] +
+                                       smc.log_mean_weight(ex['log_weights']))
     if self.is_gmm:
       params = jax.device_get(state.params)
       ref = jnp.asarray(data.reference(rng, 10000))
@@ -260,7 +329,20 @@ class EBM(Method):
     elif self.data_shape == (2,):
       params = jax.device_get(state.params)
       scalars['grid_log_z'] = float(self.grid_log_partition(params))
+    if self.ais_temps:
+      out = self.ais_log_partition(state.params, jax.random.fold_in(rng, 7))
+      scalars.update(ais_log_z=float(out['log_z']), ais_log_z_stderr=float(out['stderr']),
+                     ais_ess=float(out['ess']), ais_acceptance=float(out['acceptance']))
     return scalars, {}
+
+  def ais_log_partition(self, params, rng) -> dict[str, jax.Array]:
+    """log Z by annealed importance sampling from the initial model's Gaussian
+    N(0, prior_std^2 I) (gensuite.samplers.ais), with config.eval.ais_* settings."""
+    fn = jax.jit(lambda p, k: ais.log_partition(
+        self.energy_fn(p), self.data_shape, k, num_chains=self.ais_chains,
+        num_temps=self.ais_temps, mala_steps=self.ais_mala_steps,
+        step_size=self.ais_step_size, base_std=float(getattr(self.net, 'prior_std', 1.0))))
+    return fn(params, rng)
 
   def grid_log_partition(self, params, half_width: float = 12.0, n: int = 481) -> jax.Array:
     """log Z of a 2-D energy by the rectangle rule on [-w, w]^2 (n x n points)."""
