@@ -141,10 +141,11 @@ def side_by_side(images, gap: int = 8) -> np.ndarray:
 
 
 def line_plot(curves, xlabel: str = '', ylabel: str = '', title: str = '',
-              logy: bool = False, size=(5.0, 3.4)) -> np.ndarray:
+              logy: bool = False, size=(5.0, 3.4), hlines=None) -> np.ndarray:
   """Lines with markers as uint8 [H, W, 3]: `curves` is {label: (xs, ys)} for one
   panel (y axis `ylabel`), or a list of (ylabel, {label: (xs, ys)}) for panels side by
-  side sharing `xlabel`; `title` goes over the first panel."""
+  side sharing `xlabel`; `title` goes over the first panel; `hlines` {label: y} are
+  dashed reference levels on the first panel."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
@@ -156,6 +157,8 @@ def line_plot(curves, xlabel: str = '', ylabel: str = '', title: str = '',
     ax = fig.add_subplot(1, len(panels), k + 1)
     for label, (xs, ys) in panel.items():
       ax.plot(xs, ys, marker='o', ms=3, lw=1.2, label=label)
+    for label, y in (hlines or {}).items() if k == 0 else ():
+      ax.axhline(y, ls='--', lw=1.0, c='k', alpha=0.6, label=label)
     if logy:
       ax.set_yscale('log')
     ax.set_xlabel(xlabel, fontsize=9)
@@ -164,7 +167,7 @@ def line_plot(curves, xlabel: str = '', ylabel: str = '', title: str = '',
       ax.set_title(title, fontsize=10)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3, which='both')
-    if len(panel) > 1:
+    if len(panel) + (len(hlines or {}) if k == 0 else 0) > 1:
       ax.legend(fontsize=8)
   fig.tight_layout()
   canvas.draw()

@@ -39,3 +39,20 @@ def test_scatter_plot_draws_data_samples_and_trajectories_side_by_side():
   left, right = two[:, : two.shape[1] // 2], two[:, two.shape[1] // 2:]
   blue = lambda im: np.sum((im[..., 2] > 150) & (im[..., 0] < 120))
   assert blue(left) == 0 and blue(right) > 100
+
+
+def test_titled_side_by_side_and_line_plot_shapes():
+  a = pictures.image_grid(np.zeros((4, 8, 8, 1)))           # 2x2 digits at 32 px
+  b = pictures.image_grid(np.zeros((9, 8, 8, 1)))           # 3x3
+  ta = pictures.titled(a, '1 NFE')
+  assert ta.shape == (a.shape[0] + pictures.LABEL_H, a.shape[1], 3)
+  np.testing.assert_array_equal(ta[pictures.LABEL_H:], a)   # the grid itself is untouched
+  row = pictures.side_by_side([ta, b], gap=8)
+  assert row.shape == (max(ta.shape[0], b.shape[0]), a.shape[1] + 8 + b.shape[1], 3)
+  assert np.all(row[:, a.shape[1]:a.shape[1] + 8] == 255)   # a white gap between them
+  one = pictures.line_plot({'x': ([1, 2, 3], [3.0, 2.0, 1.0])}, logy=True,
+                           hlines={'ref': 1.5})
+  two = pictures.line_plot([('a', {'x': ([1, 2], [1.0, 2.0])}),
+                            ('b', {'y': ([1, 2], [2.0, 1.0])})])
+  assert one.dtype == np.uint8 and one.shape[-1] == 3
+  assert two.shape[1] == 2 * one.shape[1] and two.shape[0] == one.shape[0]
