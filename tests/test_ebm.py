@@ -194,3 +194,25 @@ def test_separate_population_removes_the_coupled_walkers_log_z_drift(move):
                   jax.scipy.special.logsumexp(ex['log_weights']) - math.log(256))
   assert abs(float(method.log_z(ex)) - quadrature) < 0.08
   assert coupled < quadrature - 0.15
+
+
+@pytest.mark.parametrize('spec, overrides, needle', [
+    ('configs/ebm/digits.py:smoke', ['--config.data.name=moons'],
+     "net 'energy_conv' needs image data.*use net.name='energy_mlp'"),
+    ('configs/ebm/toy2d.py:smoke', ['--config.data.name=digits'],
+     "net 'energy_mlp' needs vector data.*use net.name='energy_conv'"),
+    ('configs/ebm/toy2d.py:smoke', ['--config.method.step_size=0'],
+     'method.step_size must be a positive number'),
+    ('configs/ebm/toy2d.py:smoke', ['--config.method.num_walkers=-5'],
+     'method.num_walkers must be a positive integer'),
+    ('configs/ebm/toy2d.py:smoke', ['--config.method.log_z_walkers=-1'],
+     'method.log_z_walkers'),
+    ('configs/ebm/toy2d.py:smoke', ['--config.eval.ais_temps=-2'], 'eval.ais_temps'),
+])
+def test_bad_ebm_input_is_one_line_exit_2_and_writes_nothing(spec, overrides, needle, tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'never'
+  proc = run_cli('train', f'--config={spec}', f'--workdir={workdir}', *overrides, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and re.search(needle, proc.stderr)
+  assert not workdir.exists()

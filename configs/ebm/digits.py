@@ -25,6 +25,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   common.smoke(c, num_steps=6, batch_size=16, log_every=2, eval_every=6, ckpt_every=3,
                sampler_steps=2, eval_samples=16, net=dict(channels=(4, 8)))
   c.method.num_walkers, c.method.ula_steps, c.method.cd_steps = 32, 2, 2
+  c.eval.metrics = ('mmd',)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.update(name='adam', lr=1e-4, b1=0.0, grad_clip=1.0, ema_decays=())
   c.train.update(num_steps=3000, batch_size=128, log_every=100, eval_every=1000, ckpt_every=1000)
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=100, step_size=1e-3))
-  c.eval.update(num_samples=256, metrics=('mmd', 'sliced_wasserstein'), use_ema=False)
+  c.eval.update(num_samples=256, metrics=('mmd', 'sliced_wasserstein', 'fd_digits'),
+                use_ema=False)
   edits = {
       **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
       **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},

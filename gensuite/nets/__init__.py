@@ -47,6 +47,8 @@ _SUGGEST = {1: 'mlp', 3: 'unet'}
 # Energy nets U(x) -> [B] (gensuite.nets.energy); the out field is the data's last axis.
 NETS.update({'energy_mlp': EnergyMLP, 'energy_conv': EnergyConv, 'gmm_energy': GMMEnergy})
 _OUT_FIELD.update({'energy_mlp': 'data_dim', 'energy_conv': 'data_dim', 'gmm_energy': 'data_dim'})
+_ENERGY_NETS = ('energy_mlp', 'energy_conv', 'gmm_energy')
+_SUGGEST_ENERGY = {1: 'energy_mlp', 3: 'energy_conv'}
 _DATA_RANK.update({'energy_mlp': 1, 'energy_conv': 3, 'gmm_energy': 1})
 # Set by build (from the data, or the precision), never from the net section.
 _RESERVED = ('parent', 'name', 'num_classes', 'dtype')
@@ -120,7 +122,8 @@ def build(net_config, *, data_shape: tuple, out_dim_or_channels: int,
   rank = _DATA_RANK[name]
   if len(shape) != rank:
     what = f'data {data_name!r}' if data_name else 'the data'
-    hint = (f"; use net.name='{_SUGGEST[len(shape)]}'" if len(shape) in _SUGGEST else '')
+    suggest = _SUGGEST_ENERGY if name in _ENERGY_NETS else _SUGGEST
+    hint = (f"; use net.name='{suggest[len(shape)]}'" if len(shape) in suggest else '')
     raise ConfigError(f'net {name!r} needs {_DATA_KIND[rank]}, but {what} has shape '
                       f'{shape}{hint}')
   kwargs = {k: _plain(v) for k, v in fields.items()}
