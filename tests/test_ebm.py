@@ -216,3 +216,15 @@ def test_bad_ebm_input_is_one_line_exit_2_and_writes_nothing(spec, overrides, ne
   assert proc.returncode == 2, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1 and re.search(needle, proc.stderr)
   assert not workdir.exists()
+
+
+def test_mnist_config_trains_on_tfds_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = _config('configs/ebm/mnist.py', 'smoke')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with tfds.testing.mock_data(num_examples=16):
+    state = loop.run(config, str(tmp_path / 'run'))
+  assert int(state.step) == config.train.num_steps
+  assert state.extra['walkers'].shape == (16, 28, 28, 1)
+  assert state.extra['z_walkers'].shape == (8, 28, 28, 1)
+  assert np.all(np.isfinite(np.asarray(state.extra['walkers'])))
