@@ -205,9 +205,6 @@ def test_separate_population_removes_the_coupled_walkers_log_z_drift(move):
      'method.step_size must be a positive number'),
     ('configs/ebm/toy2d.py:smoke', ['--config.method.num_walkers=-5'],
      'method.num_walkers must be a positive integer'),
-    ('configs/ebm/toy2d.py:smoke', ['--config.method.log_z_walkers=-1'],
-     'method.log_z_walkers'),
-    ('configs/ebm/toy2d.py:smoke', ['--config.eval.ais_temps=-2'], 'eval.ais_temps'),
 ])
 def test_bad_ebm_input_is_one_line_exit_2_and_writes_nothing(spec, overrides, needle, tmp_path):
   import re  # pylint: disable=g-import-not-at-top
