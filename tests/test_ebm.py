@@ -156,6 +156,12 @@ def test_one_and_four_devices_agree_and_sample_cli(tmp_path):
           f'--out={out}', devices=4)
   samples = np.load(out)['samples']
   assert samples.shape == (50, 5) and np.all(np.isfinite(samples))
+  # `gensuite eval` overrides reach the method: an AIS log Z next to the exact one.
+  proc = run_cli('eval', f'--workdir={one}', '--config.eval.ais_temps=100',
+                 '--config.eval.ais_chains=128', '--config.eval.num_samples=64')
+  got = dict(line.split(': ') for line in proc.stdout.splitlines() if line.startswith('eval/'))
+  ais_z, exact = float(got['eval/ais_log_z']), float(got['eval/exact_log_z'])
+  assert abs(ais_z - exact) < 3 * float(got['eval/ais_log_z_stderr']) + 2e-3
 
 
 def _toy_steps(overrides, steps, seed=0):

@@ -111,17 +111,7 @@ class EBM(Method):
     self.check_sampler()
     self.sample_step_size = _positive('sampler.step_size',
                                       config.sampler.get('step_size', self.step_size))
-    ec = config.eval
-    self.ais_temps = ec.get('ais_temps', 0)
-    if isinstance(self.ais_temps, bool) or not isinstance(self.ais_temps, int) or \
-        self.ais_temps < 0:
-      raise ConfigError('eval.ais_temps (AIS temperatures at eval; 0: no AIS) must be an '
-                        f'integer >= 0, got {self.ais_temps!r}')
-    if self.ais_temps:
-      self.ais_chains = _positive('eval.ais_chains', ec.get('ais_chains', 256), True)
-      self.ais_mala_steps = _positive('eval.ais_mala_steps', ec.get('ais_mala_steps', 1), True)
-      h = float(ec.get('ais_step_size', 0.0) or 0.0)
-      self.ais_step_size = _positive('eval.ais_step_size', h) if h else self.sample_step_size
+    self.ais_settings()  # checked now; read again at eval (`gensuite eval` may override)
 
   # ---- pieces ------------------------------------------------------------------
 
@@ -329,19 +319,34 @@ class EBM(Method):
     elif self.data_shape == (2,):
       params = jax.device_get(state.params)
       scalars['grid_log_z'] = float(self.grid_log_partition(params))
-    if self.ais_temps:
+    if self.ais_settings():
       out = self.ais_log_partition(state.params, jax.random.fold_in(rng, 7))
       scalars.update(ais_log_z=float(out['log_z']), ais_log_z_stderr=float(out['stderr']),
                      ais_ess=float(out['ess']), ais_acceptance=float(out['acceptance']))
     return scalars, {}
 
+  def ais_settings(self) -> dict | None:
+    """config.eval.ais_* checked, as ais.log_partition's keywords; None when ais_temps
+    is 0 (no AIS at eval)."""
+    ec = self.config.eval
+    temps = ec.get('ais_temps', 0)
+    if isinstance(temps, bool) or not isinstance(temps, int) or temps < 0:
+      raise ConfigError('eval.ais_temps (AIS temperatures at eval; 0: no AIS) must be an '
+                        f'integer >= 0, got {temps!r}')
+    if not temps:
+      return None
+    h = float(ec.get('ais_step_size', 0.0) or 0.0)
+    return dict(num_temps=temps,
+                num_chains=_positive('eval.ais_chains', ec.get('ais_chains', 256), True),
+                mala_steps=_positive('eval.ais_mala_steps', ec.get('ais_mala_steps', 1), True),
+                step_size=_positive('eval.ais_step_size', h) if h else self.sample_step_size,
+                base_std=float(getattr(self.net, 'prior_std', 1.0)))
+
   def ais_log_partition(self, params, rng) -> dict[str, jax.Array]:
     """log Z by annealed importance sampling from the initial model's Gaussian
     N(0, prior_std^2 I) (gensuite.samplers.ais), with config.eval.ais_* settings."""
-    fn = jax.jit(lambda p, k: ais.log_partition(
-        self.energy_fn(p), self.data_shape, k, num_chains=self.ais_chains,
-        num_temps=self.ais_temps, mala_steps=self.ais_mala_steps,
-        step_size=self.ais_step_size, base_std=float(getattr(self.net, 'prior_std', 1.0))))
+    kw = self.ais_settings() or {}
+    fn = jax.jit(lambda p, k: ais.log_partition(self.energy_fn(p), self.data_shape, k, **kw))
     return fn(params, rng)
 
   def grid_log_partition(self, params, half_width: float = 12.0, n: int = 481) -> jax.Array:
