@@ -48,7 +48,7 @@ DATA = ('unequal8', 'wide8', '8gaussians', 'grid')
 OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 OTHER = ('cond', 'multistep', 'smoke')
 HEAD_TOKENS = {'fake_score_head': 'fake_score'}
-# The recipe (experiments/results/distill_recipe.md): the GAN term at 0.1 instead of
+# The recipe (experiments/results/distill_recipe_unequal8.md): the GAN term at 0.1 instead of
 # FastGen's 3e-3 sharpens the student, Adam with b1 = 0 keeps the three nets from
 # collapsing onto one mode at generator lr 1e-3.
 GAN_WEIGHT = 0.1
