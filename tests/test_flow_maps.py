@@ -441,3 +441,15 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path, variant):
   a, b = losses(one), losses(four)
   assert a.keys() == b.keys() and a
   np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=2e-5)
+
+
+def test_eval_reports_the_nfe_it_sampled_with_after_an_override():
+  # `gensuite eval --steps=2` sets config.sampler.steps on a loaded run: the method's
+  # reported NFE must follow it, not the value it was built with.
+  config = toy2d.get_config('meanflow,smoke')
+  data = data_lib.build(config.data, seed=0, global_batch_size=config.train.batch_size)
+  method = methods.build(config, data.spec)
+  assert method.evaluate(None, None, data)[0]['nfe'] == config.sampler.steps
+  config.sampler.steps = 2
+  assert method.evaluate(None, None, data)[0]['nfe'] == 2
+  assert method.sample_steps == 2

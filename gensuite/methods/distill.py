@@ -209,7 +209,6 @@ class Distill(Method):
       raise ConfigError(f'method.gen_steps must be >= 1, got {self.gen_steps}')
     idx = [k * self.num_levels // self.gen_steps for k in range(self.gen_steps)]
     self.gen_sigmas = self.levels[idx]
-    self.sample_steps = int(config.sampler.steps)
     if self.sample_steps > self.gen_steps:
       raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
                         f'student\'s method.gen_steps={self.gen_steps}')
@@ -549,6 +548,12 @@ class Distill(Method):
     metrics['l2_grads'] = optax.global_norm(grads)
     metrics['l2_params'] = optax.global_norm(new_gen)
     return new_state, metrics
+
+  @property
+  def sample_steps(self) -> int:
+    """config.sampler.steps, read when used (`gensuite eval --steps` changes it on a
+    loaded run)."""
+    return int(self.config.sampler.steps)
 
   def generator_params(self, state, use_ema=True):
     return state.eval_params(use_ema)['generator']

@@ -106,7 +106,6 @@ class FlowMap(Method):
                           out_dim_or_channels=self.data_shape[-1],
                           num_classes=self.num_classes, data_name=data_spec.name,
                           second_time=self.uses_second_time)
-    self.sample_steps = int(config.sampler.get('steps', 1) or 1)
     self.check_steps(self.sample_steps, 'config.sampler.steps')
     self.check_sampler()
 
@@ -170,6 +169,12 @@ class FlowMap(Method):
     label = self.sample_labels(k_y, num, label)
     z = jax.random.normal(k_z, (num,) + self.data_shape, jnp.float32)
     return self.generate(params, z, steps, label, k_s)
+
+  @property
+  def sample_steps(self) -> int:
+    """config.sampler.steps, read when used (`gensuite eval --steps` changes it on a
+    loaded run)."""
+    return int(self.config.sampler.get('steps', 1) or 1)
 
   def generate(self, params, z, steps, label, rng):
     raise NotImplementedError
