@@ -19,10 +19,8 @@ systematic / multinomial; smoke (tiny, for tests with tfds mock data).
 import ml_collections
 
 from configs import common
+from configs.ebm import digits
 from gensuite import config as config_lib
-
-ESTIMATORS = ('jarzynski', 'pcd', 'cd', 'ula_unweighted')
-RESAMPLERS = ('systematic', 'multinomial')
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
@@ -47,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=200, step_size=1e-3))
   c.eval.update(num_samples=1000, metrics=('mmd', 'sliced_wasserstein'), use_ema=False)
   edits = {
-      **{e: common.setter(**{'method.estimator': e}) for e in ESTIMATORS},
-      **{r: common.setter(**{'method.resampler': r}) for r in RESAMPLERS},
+      **{e: common.setter(**{'method.estimator': e}) for e in digits.ESTIMATORS},
+      **{r: common.setter(**{'method.resampler': r}) for r in digits.RESAMPLERS},
   }
   return common.apply_variant(c, arg, edits, 'ebm mnist', smoke_edit=_smoke)
