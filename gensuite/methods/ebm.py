@@ -179,9 +179,10 @@ class EBM(Method):
     return TrainState.create(params, self.tx, self.ema_decays, extra=extra,
                              phema_stds=self.phema_stds)
 
-  def log_z(self, extra) -> jax.Array:
-    """The walkers' log Z estimate: from the log-Z population when there is one."""
-    pre = 'z_' if self.log_z_walkers else ''
+  def log_z(self, extra, coupled: bool = False) -> jax.Array:
+    """The walkers' log Z estimate: from the log-Z population when there is one (and
+    coupled=False), else from the walkers that drive the gradient."""
+    pre = 'z_' if self.log_z_walkers and not coupled else ''
     return extra['log_z0'] + extra[pre + 'log_z_offset'] + smc.log_mean_weight(
         extra[pre + 'log_weights'])
 
@@ -258,8 +259,7 @@ class EBM(Method):
       walkers, log_weights, offset, num_resamples, resampled = self._resample(
           walkers, log_weights, offset, num_resamples, k_res)
     if self.log_z_walkers:  # a population that tracks rho_theta and never feeds the gradient
-      metrics['log_z_coupled'] = ex['log_z0'] + ex['log_z_offset'] + \
-          smc.log_mean_weight(ex['log_weights'])
+      metrics['log_z_coupled'] = self.log_z(ex, coupled=True)
       metrics['log_z_ess'] = smc.ess(ex['z_log_weights']) / self.log_z_walkers
       zw, za, _ = self._jarzynski(params, new_params, ex['z_walkers'], ex['z_log_weights'],
                                   jax.random.fold_in(k_move, 1), jax.random.fold_in(k_more, 1))
@@ -307,8 +307,7 @@ class EBM(Method):
     scalars = {'log_z_estimate': log_z, 'ess': float(smc.ess(ex['log_weights'])) /
                self.num_walkers}
     if self.log_z_walkers:
-      scalars['log_z_coupled'] = float(ex['log_z0'] + ex['log_z_offset'] +
-                                       smc.log_mean_weight(ex['log_weights']))
+      scalars['log_z_coupled'] = float(self.log_z(ex, coupled=True))
     if self.is_gmm:
       params = jax.device_get(state.params)
       ref = jnp.asarray(data.reference(rng, 10000))
