@@ -110,6 +110,8 @@ def make_workdir(workdir: str) -> bool:
   if os.path.isdir(workdir):
     return False
   if os.path.lexists(workdir):
+    if os.path.isdir(workdir):  # made between the two checks by another process
+      return False
     raise ConfigError(f'workdir {workdir} exists and is not a directory')
   try:
     os.makedirs(workdir)
