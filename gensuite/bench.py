@@ -290,7 +290,10 @@ def format_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def write_markdown(rows: list[dict], path: str, command: str, machine: dict) -> str:
+def write_markdown(rows: list[dict], path: str, command: str, machine: dict,
+                   peers: str = '') -> str:
+  """The suite's table (and `peers`, gensuite.bench_peers.format_section's text, after
+  it) into `path`, keeping the accelerator benchmark's part of an existing file."""
   backend = next((r['backend'] for r in rows if 'backend' in r), 'cpu')
   kinds = sorted({r['device_kind'] for r in rows if 'device_kind' in r}) or ['cpu']
   text = '\n'.join([
@@ -313,7 +316,7 @@ def write_markdown(rows: list[dict], path: str, command: str, machine: dict) -> 
       '',
       format_table(rows),
       '',
-  ])
+  ] + ([peers] if peers else []))
   # The accelerator benchmark's part (gensuite.bench_accel.MARKER to the end) stays.
   if os.path.exists(path):
     with open(path) as f:

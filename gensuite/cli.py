@@ -5,7 +5,8 @@
   gensuite eval   --workdir=DIR [--metrics=mmd,nll] [--sampler=... --steps=...]
                   [--metrics=fid --inception_weights=FILE [--fid_stats=FILE.npz]] [--num=N]
   gensuite bench  --config=... [--steps=50]       # loop vs bare jitted step
-  gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--out=FILE.md]
+  gensuite bench  --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] [--nopeers]
+                  [--out=FILE.md]
   gensuite bench  --accel [--quick|--gpu] [--models=unet,dit] [--precisions=float32,bfloat16]
                   [--fsdp=1,all] [--batch=N] [--steps=N] [--warmup=N] [--devices=N] [--out=FILE.md]
   gensuite sweep  --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR [--parallel=N]
@@ -80,12 +81,12 @@ COMMANDS = {
         'benchmark suite (--suite), or the accelerator benchmark (--accel).',
         ('gensuite bench --config=... [--steps=50]       # loop vs bare jitted step',
          'gensuite bench --suite [--configs=A.py,B.py] [--devices=1,2,4] [--smoke] '
-         '[--out=FILE.md]',
+         '[--nopeers] [--out=FILE.md]',
          'gensuite bench --accel [--quick|--gpu] [--models=unet,dit] '
          '[--precisions=float32,bfloat16] [--fsdp=1,all] [--batch=N] [--steps=N] '
          '[--warmup=N] [--devices=N] [--out=FILE.md]'),
-        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'out', 'accel', 'quick',
-         'gpu', 'models', 'precisions', 'fsdp', 'batch', 'warmup', 'verbose'), ()),
+        ('config', 'steps', 'suite', 'configs', 'devices', 'smoke', 'peers', 'out', 'accel',
+         'quick', 'gpu', 'models', 'precisions', 'fsdp', 'batch', 'warmup', 'verbose'), ()),
     'sweep': Command(
         'Train one run per point of a sweep file and tabulate them.',
         ('gensuite sweep --config=... --sweep=experiments/sweeps/NAME.py --workdir=DIR '
@@ -166,6 +167,8 @@ flags.DEFINE_list('configs', None, 'bench --suite: config specs (default: every 
 flags.DEFINE_list('devices', ['1', '2', '4'], 'bench --suite: simulated CPU device counts; '
                   'bench --accel: one count, rows on that many simulated CPU devices '
                   '(default there: the machine\'s own devices).')
+flags.DEFINE_bool('peers', True, 'bench --suite: also the peer comparisons '
+                  '(gensuite.bench_peers: torchcfm, diffrax, pytorch-fid where installed).')
 flags.DEFINE_bool('smoke', False, 'bench --suite: use each config file\'s smoke variant.')
 flags.DEFINE_bool('accel', False, 'bench: the accelerator benchmark (the CIFAR-10 U-Net '
                   'and DiT-B/2, float32 / bfloat16, fsdp 1 / all devices), a markdown table.')
@@ -484,11 +487,16 @@ def _bench():
     command = 'gensuite ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['bench'] else \
         'gensuite bench --suite'
     machine = bench.machine_description()
+    log = lambda m: print(m, file=sys.stderr)
     rows = bench.run_suite(FLAGS.configs, devices=devices, steps=FLAGS.steps or 20,
-                           smoke=FLAGS.smoke, log=lambda m: print(m, file=sys.stderr),
+                           smoke=FLAGS.smoke, log=log,
                            on_row=lambda rows: bench.write_markdown(rows, out, command,
                                                                     machine))
-    print(bench.write_markdown(rows, out, command, machine))
+    peers = ''
+    if FLAGS.peers:
+      from gensuite import bench_peers  # pylint: disable=g-import-not-at-top
+      peers = bench_peers.format_section(bench_peers.run_peers(log=log))
+    print(bench.write_markdown(rows, out, command, machine, peers=peers))
     print(f'wrote {out}')
     return
   _require('config')

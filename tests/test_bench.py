@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 from gensuite import bench
 from gensuite import bench_accel
+from gensuite import bench_peers
 from gensuite.errors import ConfigError
 
 TOY = 'configs/flow_matching/toy2d.py:smoke'
@@ -65,6 +66,44 @@ def test_suite_on_one_smoke_config_writes_the_table(tmp_path):
                               bench.machine_description())
   cells = _check_table(text, rows=2)
   assert [c[1] for c in cells] == ['1', '2']
+
+
+# ---- the peer section of gensuite bench --suite ---------------------------------------
+
+def test_peer_section_ratios_and_missing_peers(tmp_path):
+  rows = [dict(comparison='sde', system='gensuite euler_maruyama', value=200.0,
+               unit='samples/s'),
+          dict(comparison='sde', system='diffrax Euler, VirtualBrownianTree', value=20.0,
+               unit='samples/s'),
+          dict(comparison='fid', system='gensuite pool3 features', value=8.0, unit='images/s'),
+          dict(comparison='fid', system='pytorch-fid InceptionV3', error=bench_peers.INSTALL)]
+  section = bench_peers.format_section(rows)
+  lines = section.splitlines()
+  assert lines[0] == '## Peers'
+  assert '| diffrax Euler, VirtualBrownianTree | 20 samples/s | 0.10 |' in lines
+  assert '| gensuite euler_maruyama | 200 samples/s | 1.00 |' in lines
+  assert f'| pytorch-fid InceptionV3 | {bench_peers.INSTALL} | |' in lines
+  assert not any('flow-matching training step' in l for l in lines)  # no fm_step rows
+  # The section sits after the suite's table and before the accelerator part.
+  path = str(tmp_path / 'b.md')
+  with open(path, 'w') as f:
+    f.write('old\n' + bench._ACCEL_MARKER + '\naccel part\n')  # pylint: disable=protected-access
+  text = bench.write_markdown([], path, 'gensuite bench --suite', bench.machine_description(),
+                              peers=section)
+  assert text.index('## Peers') < text.index(bench._ACCEL_MARKER)  # pylint: disable=protected-access
+  assert text.endswith('accel part\n') and 'old' not in text
+
+
+def test_peer_worker_measures_gensuite_and_names_a_missing_peer():
+  """The sde comparison in its subprocess: gensuite's row is measured; each diffrax row is
+  measured too where diffrax is installed, else says how to install it."""
+  rows = bench_peers.run_peers(['sde'], log=lambda m: None)
+  assert [r['system'] for r in rows] == ['gensuite euler_maruyama',
+                                         'diffrax Euler, VirtualBrownianTree',
+                                         'diffrax Euler, UnsafeBrownianPath']
+  assert rows[0]['value'] > 0 and rows[0]['unit'] == 'samples/s'
+  for r in rows[1:]:
+    assert r.get('value', 0) > 0 or r['error'] == bench_peers.INSTALL, r
 
 
 # ---- gensuite bench --accel ----------------------------------------------------------

@@ -252,7 +252,10 @@ def test_study_killed_after_two_trials_resumes_to_four(tmp_path):
   study = optuna.load_study(study_name='gensuite', storage=f'sqlite:///{workdir}/optuna.db')
   trials = study.get_trials()
   assert [t.number for t in trials] == [0, 1, 2, 3]
-  assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+  assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), (
+      [(t.number, t.state.name, t.user_attrs,
+        launchers.read_status(os.path.join(workdir, f'trial_{t.number:04d}')))
+       for t in trials], out)
   assert len({t.params['seed'] for t in trials}) == 4  # no point drawn twice
   assert sorted(n for n in os.listdir(workdir) if n.startswith('trial_')) == \
       [f'trial_{n:04d}' for n in range(4)]
