@@ -37,7 +37,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize('mesh', [[], ['--config.mesh.fsdp=4']], ids=['replicated', 'fsdp4'])
+# The replicated case is slow-marked: fsdp4 runs the same two-process data path with the
+# state sharded across both processes on top.
+@pytest.mark.parametrize('mesh', [pytest.param([], marks=pytest.mark.slow),
+                                  ['--config.mesh.fsdp=4']], ids=['replicated', 'fsdp4'])
 def test_two_processes_equal_one_process(tmp_path, mesh):
   """2 processes x 2 devices train like 1 process x 4 devices, with the state replicated
   or sharded over all 4 devices (the fsdp axis then spans both processes)."""
