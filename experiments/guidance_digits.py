@@ -3,6 +3,7 @@
   PYTHONPATH=. python experiments/guidance_digits.py --workdir=/tmp/guidance \
       --out=experiments/results/guidance_digits.md              # about 1.5 h on 2 CPU cores
   PYTHONPATH=. python experiments/guidance_digits.py --smoke --workdir=/tmp/guidance_smoke
+  PYTHONPATH=. python experiments/guidance_digits.py --from_table=FILE.md --figure=FILE.png
 
 Three runs are trained (each skipped when its workdir already holds a finished run):
   main    configs/diffusion/digits.py:cond (10% label dropout), --steps steps, with
@@ -27,6 +28,10 @@ the unguided model evaluated with it.
 
 Every row is mean +- std over the sampling seeds (one trained network per row: the
 spread is that of sampling and of the metric's reference draw, not of training).
+
+--figure writes the two curves as a PNG: the first metric against guidance weight for
+each kind (unguided dashed), and against the post-hoc EMA std (the fixed decay dashed);
+--from_table redraws it from a table this script wrote, without training or sampling.
 """
 import argparse
 import os
@@ -97,6 +102,51 @@ def fmt(stats):
   return ' | '.join(f'{stats[m][0]:.3f} +- {stats[m][1]:.3f}' for m in METRICS)
 
 
+def _mean(cell: str) -> float:
+  return float(cell.split('+-')[0])
+
+
+def read_table(path):
+  """(rows, curve, fixed) of a table this script wrote: rows [(kind, weight, interval,
+  first metric mean)], curve [(std, mean)], fixed (the 0.999 EMA's mean)."""
+  rows, curve, fixed = [], [], None
+  with open(path) as f:
+    for line in f:
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      if not line.startswith('|') or cells[0] in ('guidance', 'relative std') or \
+          cells[0].startswith('---'):
+        continue
+      if len(cells) == 3 + len(METRICS):
+        rows.append((cells[0], cells[1], cells[2], _mean(cells[3])))
+      elif cells[0] == 'fixed decay 0.999':
+        fixed = _mean(cells[1])
+      elif len(cells) == 1 + len(METRICS):
+        curve.append((float(cells[0]), _mean(cells[1])))
+  return rows, curve, fixed
+
+
+def figure(rows, curve, fixed, path):
+  """The guidance and post-hoc EMA curves of the first metric (module docstring)."""
+  from gensuite import pictures  # pylint: disable=g-import-not-at-top
+  by_kind = {}
+  for kind, weight, interval, value in rows:
+    if kind == 'none':
+      continue
+    name = kind + (f' {interval}' if interval not in ('all', '-') else '')
+    by_kind.setdefault(name, ([], []))
+    by_kind[name][0].append(float(weight))
+    by_kind[name][1].append(value)
+  unguided = next(v for k, _, _, v in rows if k == 'none')
+  left = pictures.line_plot(by_kind, xlabel='guidance weight', ylabel=METRICS[0],
+                            title='guidance (main run, 0.999 EMA)',
+                            hlines={'unguided': unguided})
+  curves = {'post-hoc EMA': ([c[0] for c in curve], [c[1] for c in curve])}
+  right = pictures.line_plot(curves, xlabel='relative EMA std', ylabel=METRICS[0],
+                             title='post-hoc EMA, unguided',
+                             hlines={'fixed decay 0.999': fixed} if fixed else None)
+  pictures.save_png(path, pictures.side_by_side([left, right]))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workdir', default='/tmp/guidance')
@@ -109,7 +159,14 @@ def main():
   p.add_argument('--num', type=int, default=500, help='samples per evaluation')
   p.add_argument('--smoke', action='store_true', help='tiny nets and runs: a quick check')
   p.add_argument('--out', default='')
+  p.add_argument('--figure', default='', help='PNG of the guidance and EMA curves')
+  p.add_argument('--from_table', default='', help='redraw --figure from this table only')
   args = p.parse_args()
+  if args.from_table:
+    if not args.figure:
+      p.error('--from_table needs --figure')
+    figure(*read_table(args.from_table), args.figure)
+    return
   weights = [float(w) for w in args.weights.split(',') if w]
   stds = [float(s) for s in args.stds.split(',') if s]
   if args.steps < 8 or args.seeds < 1 or args.num < 2 or not weights:
@@ -180,6 +237,9 @@ def main():
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text)
+  if args.figure:
+    figure([(k, w, i, st[METRICS[0]][0]) for k, w, i, st in rows],
+           [(std, st[METRICS[0]][0]) for std, st in curve], fixed[METRICS[0]][0], args.figure)
 
 
 if __name__ == '__main__':
