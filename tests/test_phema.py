@@ -213,6 +213,29 @@ def test_phema_command_writes_an_ema_that_load_run_and_sample_use(reconstructed)
   assert run.config.eval.use_ema == 'phema_0.07'  # what `gensuite eval` then samples with
 
 
+def test_a_distillation_teacher_loads_a_reconstructed_ema(reconstructed):
+  """config.teacher.ema picks the teacher run's weights: '' its default (0.999) EMA,
+  'phema_0.07' the reconstruction, 'none' the raw weights; a missing one is refused in
+  one line naming what the run has."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  from configs.distill import toy2d as distill_toy2d  # pylint: disable=g-import-not-at-top
+  from gensuite.methods import teachers  # pylint: disable=g-import-not-at-top
+  run = gensuite.load_run(reconstructed)
+  config = distill_toy2d.get_config('smoke')
+  config.data.update(name=run.config.data.name, params=run.config.data.params)
+  config.teacher.update(analytic='', workdir=reconstructed)
+  spec = run.experiment.data.spec
+  for ema, want in (('', run.state.ema['0.999']), ('phema_0.07', run.state.ema['phema_0.07']),
+                    ('none', run.state.params)):
+    config.teacher.ema = ema
+    got = teachers.build(config, spec, gensuite.load_run).params
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  config.teacher.ema = 'phema_0.2'
+  with pytest.raises(ConfigError, match="no EMA named 'phema_0.2'.*--std=0.2"):
+    teachers.build(config, spec, gensuite.load_run)
+
+
 @pytest.mark.slow
 def test_sample_command_uses_a_reconstructed_ema(reconstructed, tmp_path):
   """`gensuite sample --config.eval.use_ema=phema_0.07` draws what load_run draws."""

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name='unet', channels=16, channel_mult=(1, 2), num_res_blocks=1,
       attn_resolutions=(), dropout=0.0))
   c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='runs/edm_digits',
-                                             params={}))
+                                             params={}, ema=''))
   c.method = common.method('distill', divergence='js', num_pairs=512, reg_batch=64,
                            lr_generator=2e-5, lr_fake_score=1e-4, lr_discriminator=1e-4)
   c.optim.update(lr=1e-4, grad_clip=10.0, ema_decays=(0.99,))

@@ -84,7 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.base()
   c.data.update(name='gaussian_mixture', params=unequal8_params())
   c.net = ml_collections.ConfigDict(dict(name='mlp', hidden=128, depth=3, emb_dim=32))
-  c.teacher = ml_collections.ConfigDict(dict(analytic='data', workdir='', params={}))
+  c.teacher = ml_collections.ConfigDict(dict(analytic='data', workdir='', params={},
+                                             ema=''))
   c.method = common.method('distill', divergence='js', lr_generator=1e-3,
                            lr_fake_score=1e-3, lr_discriminator=1e-3, gan_weight=GAN_WEIGHT)
   c.optim.update(lr=1e-3, b1=0.0, grad_clip=10.0, ema_decays=(0.99,))

@@ -70,7 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.net = _net()
   c.method = common.method('meanflow', **TOY_METHOD['meanflow'])
   # sCD's teacher (gensuite.methods.teachers): set by the scd token.
-  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='', params={}))
+  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='', params={},
+                                             ema=''))
   c.optim.update(lr=2e-3, schedule='cosine', warmup_steps=200, final_lr_fraction=0.05,
                  ema_decays=(0.999,))
   c.train.update(num_steps=NUM_STEPS, batch_size=256, log_every=500, eval_every=10000,

@@ -12,7 +12,10 @@
                    config.teacher.params).
   RunTeacher       a trained gensuite run in config.teacher.workdir, loaded with
                    the load_run it is given (gensuite.load_run: its own config.json,
-                   its EMA weights); its
+                   its EMA weights; config.teacher.ema picks which: '' the run's
+                   default, the longest fixed decay; a decay such as '0.999';
+                   'phema_0.1', a post-hoc EMA `gensuite phema` reconstructed; or
+                   'none', the raw weights); its
                    method must expose denoiser_fn(params, label=None) -> fn(x, sigma)
                    in the VE frame. A RunTeacher also lends its architecture:
                    `apply(params, x, sigma)` runs the teacher's network with other
@@ -138,19 +141,22 @@ def call_with_features(fn):
 
 
 class RunTeacher:
-  """A trained diffusion or flow-matching run, frozen at its EMA weights."""
+  """A trained diffusion or flow-matching run, frozen at its EMA weights (`ema`: which
+  of them, module docstring)."""
 
   has_network = True
   class_prior = None  # uniform over num_classes
 
-  def __init__(self, workdir: str, load_run):
+  def __init__(self, workdir: str, load_run, ema: str = ''):
     self.workdir = workdir
     self.run = load_run(workdir)
     self.method = self.run.method
     self.method.denoiser_fn(None)  # ConfigError (one line) for a run with no denoiser
     self.data_shape = tuple(self.run.experiment.data.spec.shape)
     self.sigma_data = float(self.run.config.method.get('sigma_data', 0.5))
-    self.params = self.run.state.eval_params(True)
+    # '' the run's default EMA; 'none' its raw weights; else a name in run.state.ema
+    # (ConfigError naming the EMAs the run has, and how to make a post-hoc one).
+    self.params = self.run.state.eval_params({'': True, 'none': False}.get(ema, ema))
     conditional = bool(getattr(self.method, 'conditional', False))
     self.num_classes = self.run.experiment.data.spec.num_classes if conditional else None
 
@@ -227,7 +233,7 @@ def build(config, data_spec, load_run=None):
       raise ConfigError('a run teacher (config.teacher.workdir) is loaded by the experiment: '
                         'build the method through gensuite.experiment.build_experiment, or '
                         'pass load_run=gensuite.load_run')
-    teacher = RunTeacher(workdir, load_run)
+    teacher = RunTeacher(workdir, load_run, str(tc.get('ema', '') or ''))
   elif analytic == 'data':
     teacher = AnalyticTeacher(_mixture(config.data.name,
                                        dict(config.data.get('params', {}) or {})))
