@@ -75,6 +75,14 @@ def train(workdir, steps, smoke, channels=None, phema=False, keep_every=0):
 
 def evaluate(run, guidance, seeds, num, use_ema=None):
   """{metric: (mean, std)} of the run with config.sampler.guidance = guidance."""
+  values = per_seed(run, guidance, seeds, num, use_ema)
+  return {m: (float(np.mean(v)), float(np.std(v))) for m, v in values.items()}
+
+
+def per_seed(run, guidance, seeds, num, use_ema=None):
+  """{metric: [value of sampling seed 0, 1, ...]}: seed s draws the model's samples and
+  the metric's reference with the run's eval key folded with s, the same for every
+  setting, so two settings' values of one seed are a paired comparison."""
   gc = run.config.sampler.guidance
   defaults = dict(kind='none', weight=1.0, sigma_lo=0.0, sigma_hi=1e9, guide_workdir='',
                   guide_step=0, guide_ema='')
@@ -95,7 +103,45 @@ def evaluate(run, guidance, seeds, num, use_ema=None):
         values[m].append(results[f'eval/{m}'])
   finally:
     exp.eval_rng = base
-  return {m: (float(np.mean(v)), float(np.std(v))) for m, v in values.items()}
+  return values
+
+
+def paired(run, specs, main_dir, small_dir, early_step, args):
+  """Per-seed values of the first metric for each `kind:value` in specs and for the
+  unguided model, and each one's paired difference to it (mean +- std over seeds).
+  kinds: cfg, cfg_interval, auto_small, auto_early (value: the weight) and phema (value:
+  the relative std, reconstructed first if missing)."""
+  metric = METRICS[0]
+  base = per_seed(run, {}, args.seeds, args.num)[metric]
+  lines = [f'Paired against the unguided model (its {metric} per seed: '
+           + ', '.join(f'{v:.3f}' for v in base) + '):', '',
+           f'| setting | {metric} per seed | difference to unguided (mean +- std) |',
+           '|---|---|---|']
+  for spec in specs:
+    kind, value = spec.split(':')
+    use_ema, guidance = None, {}
+    if kind == 'phema':
+      name = f'phema_{float(value):g}'
+      if name not in run.state.ema:
+        subprocess.run([sys.executable, '-m', 'gensuite.cli', 'phema', f'--workdir={main_dir}',
+                        f'--std={value}'], check=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+        run = run_lib.load_run(main_dir)
+      use_ema = name
+    else:
+      guidance = {'cfg': dict(kind='cfg', weight=float(value)),
+                  'cfg_interval': dict(kind='cfg', weight=float(value),
+                                       sigma_lo=args.sigma_lo, sigma_hi=args.sigma_hi),
+                  'auto_small': dict(kind='autoguidance', weight=float(value),
+                                     guide_workdir=small_dir),
+                  'auto_early': dict(kind='autoguidance', weight=float(value),
+                                     guide_workdir=main_dir, guide_step=early_step)}[kind]
+    got = per_seed(run, guidance, args.seeds, args.num, use_ema)[metric]
+    diff = np.asarray(got) - np.asarray(base)
+    lines.append(f'| {spec} | ' + ', '.join(f'{v:.3f}' for v in got) +
+                 f' | {diff.mean():+.3f} +- {diff.std(ddof=1) if len(diff) > 1 else 0.0:.3f} |')
+    print(lines[-1], flush=True)
+  return '\n'.join(lines) + '\n'
 
 
 def fmt(stats):
@@ -161,6 +207,9 @@ def main():
   p.add_argument('--out', default='')
   p.add_argument('--figure', default='', help='PNG of the guidance and EMA curves')
   p.add_argument('--from_table', default='', help='redraw --figure from this table only')
+  p.add_argument('--paired', default='', help='only these settings against the unguided '
+                 'model, per seed: kind:value,... with kind cfg, cfg_interval, auto_small, '
+                 'auto_early (value: weight) or phema (value: std); appended to --out')
   args = p.parse_args()
   if args.from_table:
     if not args.figure:
@@ -182,6 +231,15 @@ def main():
                     channels=max(common.digits_unet().channels // 2, 4) if not args.smoke
                     else None)
   run = run_lib.load_run(main_dir)
+  if args.paired:
+    text = paired(run, [x for x in args.paired.split(',') if x], main_dir, small_dir,
+                  early_step, args)
+    print(text)
+    if args.out:
+      with open(args.out, 'a') as f:
+        f.write('\n' + f'`PYTHONPATH=. python experiments/guidance_digits.py '
+                f'{" ".join(sys.argv[1:])}`\n\n' + text)
+    return
 
   rows = [('none', '-', '-', evaluate(run, {}, args.seeds, args.num))]
   print(rows[-1], flush=True)
