@@ -26,6 +26,10 @@ import ml_collections
 from gensuite import config as config_lib
 from gensuite.errors import lookup
 
+# How a flow map pairs noise with data in a batch (as flow matching's coupling):
+# 'independent', or 'ot' (the minibatch OT permutation by method.ot_solver).
+FLOW_MAP_COUPLING = dict(coupling='independent', ot_solver='exact', sinkhorn_eps=0.01,
+                         sinkhorn_iters=50)
 SECTIONS: dict[str, dict[str, Any]] = {
     'flow_matching': dict(
         path='linear', sigma_min=0.0, coupling='independent', gamma='none',
@@ -61,15 +65,15 @@ SECTIONS: dict[str, dict[str, Any]] = {
     'meanflow': dict(
         time_mean=-0.4, time_std=1.0, equal_fraction=0.75, adaptive_p=1.0, adaptive_c=0.01,
         cfg_omega=1.0, cfg_kappa=0.0, cfg_t_range=(0.0, 1.0), class_conditional=False,
-        label_dropout=0.0),
+        label_dropout=0.0, **FLOW_MAP_COUPLING),
     'scm': dict(
         training='sct', sigma_data=0.5, p_mean=-1.0, p_std=1.4, tangent_warmup=10000,
         tangent_norm_c=0.1, prior_weighting='tan', sigma_max=80.0, mid_t=1.1,
         weight_hidden=64, class_conditional=False, label_dropout=0.0,
-        teacher_cfg_scale=1.0, ect_stage_steps=25000),
+        teacher_cfg_scale=1.0, ect_stage_steps=25000, **FLOW_MAP_COUPLING),
     'shortcut': dict(
         max_steps=128, bootstrap_every=4, bootstrap_target='online', target_clip=4.0,
-        class_conditional=False, label_dropout=0.0),
+        class_conditional=False, label_dropout=0.0, **FLOW_MAP_COUPLING),
 }
 # Fields whose allowed types are wider than their default's type, or that a section
 # may hold without a default (a separate discriminator's own net section).

@@ -64,6 +64,8 @@ import numpy as np
 from gensuite import nets
 from gensuite.errors import ConfigError
 from gensuite.methods import defaults, rand, teachers
+from gensuite.methods.flow_matching import COUPLINGS, ot_assignment, OT_SOLVERS
+from gensuite.methods.flow_matching import sinkhorn_assignment
 from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients, ema_name
 from gensuite.nets.embeddings import sinusoidal_embedding
@@ -106,6 +108,14 @@ class FlowMap(Method):
                           out_dim_or_channels=self.data_shape[-1],
                           num_classes=self.num_classes, data_name=data_spec.name,
                           second_time=self.uses_second_time)
+    self.coupling = choice(mc, 'coupling', COUPLINGS)
+    self.ot_solver = choice(mc, 'ot_solver', OT_SOLVERS)
+    self.sinkhorn_eps, self.sinkhorn_iters = float(mc.sinkhorn_eps), int(mc.sinkhorn_iters)
+    if self.sinkhorn_eps <= 0 or self.sinkhorn_iters < 1:
+      raise ConfigError('method.sinkhorn_eps must be > 0 and method.sinkhorn_iters >= 1, '
+                        f'got {self.sinkhorn_eps}, {self.sinkhorn_iters}')
+    if self.coupling == 'ot' and self.grad_accum > 1:
+      self.refuse_grad_accum("method.coupling='ot' pairs noise and data over the whole batch")
     self.check_steps(self.sample_steps, 'config.sampler.steps')
     self.check_sampler()
 
@@ -127,6 +137,20 @@ class FlowMap(Method):
       return label, label
     drop = rand.bernoulli(rng, self.label_dropout, label.shape)
     return label, jnp.where(drop, self.spec.num_classes, label)
+
+  def couple(self, x, noise, label=None):
+    """The noise paired with the data x: as drawn ('independent'), or permuted by the
+    minibatch OT plan between the two (coupling='ot', within classes when labelled), so
+    the pairs' straight paths cross less and the marginal flow is straighter. A
+    permutation keeps both marginals exact, whatever the mixture weights."""
+    if self.coupling != 'ot':
+      return noise
+    if self.ot_solver == 'sinkhorn':
+      perm = sinkhorn_assignment(x, noise, label, eps=self.sinkhorn_eps,
+                                 iters=self.sinkhorn_iters)
+    else:
+      perm = ot_assignment(x, noise, label)
+    return noise[perm]
 
   def extra_params(self, rng) -> dict:
     return {}
@@ -248,10 +272,10 @@ class MeanFlow(FlowMap):
     n = x.shape[0]
     k_e, k_t, k_drop, k_net = jax.random.split(rng, 4)
     k_net = rand.microbatch_key(k_net)
-    e = rand.normal(k_e, x.shape, x.dtype)
+    label, net_label = self.train_labels(batch, k_drop)
+    e = self.couple(x, rand.normal(k_e, x.shape, x.dtype), label)
     t, r = self.sample_times(k_t, n)
     z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
-    label, net_label = self.train_labels(batch, k_drop)
     v = self.guided_velocity(params['net'], z, t, e - x, label, net_label)
     fn = lambda z_, t_, r_: self.u(params['net'], z_, t_, r_, net_label, True, k_net)
     u, u_tgt = self.target(fn, z, t, r, v)
@@ -367,11 +391,11 @@ class SCM(FlowMap):
     n = x0.shape[0]
     k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
     k_net = rand.microbatch_key(k_net)
-    z = self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype)
+    label, net_label = self.train_labels(batch, k_drop)
+    z = self.couple(x0, self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype), label)
     sigma = jnp.exp(self.p_mean + self.p_std * rand.normal(k_t, (n,)))
     r = self.ect_r(sigma, 0 if state is None else state.step)
     t, t_r = jnp.arctan(sigma / self.sigma_d), jnp.arctan(r / self.sigma_d)
-    _, net_label = self.train_labels(batch, k_drop)
 
     def f(p, tt):
       tb = _bcast(tt, x0)
@@ -391,11 +415,11 @@ class SCM(FlowMap):
     n = x0.shape[0]
     k_z, k_t, k_drop, k_net = jax.random.split(rng, 4)
     k_net = rand.microbatch_key(k_net)
-    z = self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype)
+    label, net_label = self.train_labels(batch, k_drop)
+    z = self.couple(x0, self.sigma_d * rand.normal(k_z, x0.shape, x0.dtype), label)
     t = self.sample_t(k_t, n)
     tb = _bcast(t, x0)
     x_t = jnp.cos(tb) * x0 + jnp.sin(tb) * z
-    label, net_label = self.train_labels(batch, k_drop)
     dxdt = sg(self.velocity(x0, z, x_t, t, label))
     step = 0 if state is None else state.step
     w = jnp.minimum(1.0, (step + 1) / max(self.warmup, 1)) if self.warmup > 0 else 1.0
@@ -477,8 +501,8 @@ class Shortcut(FlowMap):
     n = x1.shape[0]
     nb = n // self.bootstrap_every if self.bootstrap_every > 1 else n
     k_x0, k_t, k_tb, k_drop, k_net = jax.random.split(rng, 5)
-    x0 = jax.random.normal(k_x0, x1.shape, x1.dtype)
     label, net_label = self.train_labels(batch, k_drop)
+    x0 = self.couple(x1, jax.random.normal(k_x0, x1.shape, x1.dtype), label)
     m = self.max_steps
     # Flow matching at the smallest step on the 1/m grid.
     t = jax.random.randint(k_t, (n,), 0, m).astype(x1.dtype) / m
