@@ -52,7 +52,14 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             <= max_steps: x <- x + s(x, i/M, 1/M) / M.
 
 All condition on class labels (method.class_conditional) with label dropout to
-the null label. Parameters are {'net': ...} (sCM adds {'weight': ...}, its l(t)).
+the null label. method.coupling='ot' pairs each batch's noise with its data by the
+minibatch OT plan (method.ot_solver 'exact' or 'sinkhorn', as flow matching's
+coupling; within classes when labelled) before the method's interpolation: the flow
+being learned is then that of the OT-coupled pairs, whose paths cross less. MeanFlow
+and shortcut sampling integrate that flow deterministically, so the map's endpoints
+keep the data's marginal; sCM's multi-step sampler re-noises with independent noise,
+which matches the marginals of coupling='independent' only. Parameters are
+{'net': ...} (sCM adds {'weight': ...}, its l(t)).
 """
 import math
 
