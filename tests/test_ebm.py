@@ -202,6 +202,37 @@ def test_separate_population_removes_the_coupled_walkers_log_z_drift(move):
   assert coupled < quadrature - 0.15
 
 
+def test_an_ema_tracking_log_z_population_is_exact_for_the_ema_energy():
+  """method.log_z_ema: the separate population follows the parameters' EMA, whose
+  energy moves far less per step than the noisy Adam iterate: training is unchanged
+  (bitwise), the estimate is of the EMA energy (quadrature of the EMA params), and
+  its weights degenerate less (fewer resamplings than the population that follows the
+  trained params)."""
+  common = {'method.num_walkers': 256, 'method.log_z_walkers': 1024, 'optim.lr': 3e-3,
+            'optim.ema_decays': (0.99,)}
+  m_raw, raw = _toy_steps(common, 200)
+  m_ema, ema = _toy_steps({**common, 'method.log_z_ema': 0.99}, 200)
+  for a, b in zip(jax.tree.leaves(raw.params), jax.tree.leaves(ema.params)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(raw.extra['walkers'], ema.extra['walkers'])
+  ema_params = ema.ema['0.99']
+  quad_ema = float(m_ema.grid_log_partition(ema_params))
+  quad_raw = float(m_ema.grid_log_partition(ema.params))
+  assert abs(float(m_ema.log_z(jax.device_get(ema.extra))) - quad_ema) < 0.05
+  assert abs(quad_ema - quad_raw) > 0.05  # the two energies differ: the check has teeth
+  def degeneracy(state):  # resamplings so far plus the current weights' 1 - ESS / N
+    ex = jax.device_get(state.extra)
+    w = ex['z_log_weights']
+    ess = math.exp(2 * jax.scipy.special.logsumexp(w) - jax.scipy.special.logsumexp(2 * w))
+    return int(ex['z_num_resamples']) + 1.0 - ess / w.shape[0]
+  assert degeneracy(ema) < 0.5 * degeneracy(raw), (degeneracy(ema), degeneracy(raw))
+  with pytest.raises(ConfigError, match=r'method.log_z_ema=0.9 must be one of '
+                     r'optim.ema_decays \(0.99\), or 0'):
+    _toy_steps({**common, 'method.log_z_ema': 0.9}, 0)
+  with pytest.raises(ConfigError, match='set method.log_z_walkers > 0'):
+    _toy_steps({**common, 'method.log_z_walkers': 0, 'method.log_z_ema': 0.99}, 0)
+
+
 @pytest.mark.parametrize('spec, overrides, needle', [
     ('configs/ebm/digits.py:smoke', ['--config.data.name=moons'],
      "net 'energy_conv' needs image data.*use net.name='energy_mlp'"),

@@ -48,7 +48,7 @@ from gensuite.errors import ConfigError, lookup
 from gensuite import samplers
 from gensuite.methods import defaults
 from gensuite.methods.base import choice, Method
-from gensuite.methods.state import TrainState, apply_gradients
+from gensuite.methods.state import TrainState, apply_gradients, ema_name
 from gensuite.samplers import ais, langevin, smc
 
 ESTIMATORS = ('jarzynski', 'ula_unweighted', 'pcd', 'cd')
@@ -82,6 +82,16 @@ class EBM(Method):
         self.log_z_walkers < 0:
       raise ConfigError('method.log_z_walkers (a separate population for the log Z '
                         f'estimate; 0: none) must be an integer >= 0, got {self.log_z_walkers!r}')
+    self.log_z_ema = float(mc.log_z_ema)
+    if self.log_z_ema:
+      if not self.log_z_walkers:
+        raise ConfigError('method.log_z_ema tracks an EMA with the log-Z population; set '
+                          'method.log_z_walkers > 0 too')
+      decays = [float(d) for d in config.optim.ema_decays]
+      if self.log_z_ema not in decays:
+        have = ', '.join(f'{d:g}' for d in decays) or 'none'
+        raise ConfigError(f'method.log_z_ema={self.log_z_ema:g} must be one of '
+                          f'optim.ema_decays ({have}), or 0 (the trained params)')
     self.num_walkers = _positive('method.num_walkers', mc.num_walkers, True)
     self.step_size = _positive('method.step_size', mc.step_size)
     self.ula_steps = _positive('method.ula_steps', mc.ula_steps, True)
@@ -179,6 +189,13 @@ class EBM(Method):
     return TrainState.create(params, self.tx, self.ema_decays, extra=extra,
                              phema_stds=self.phema_stds)
 
+  def log_z_params(self, state):
+    """The params whose log Z the estimate is of: the EMA of decay method.log_z_ema,
+    or the trained params (log_z_ema 0, or without a separate population)."""
+    if self.log_z_ema:
+      return state.ema[ema_name(self.log_z_ema)]
+    return state.params
+
   def log_z(self, extra, coupled: bool = False) -> jax.Array:
     """The walkers' log Z estimate: from the log-Z population when there is one (and
     coupled=False), else from the walkers that drive the gradient."""
@@ -233,6 +250,7 @@ class EBM(Method):
     elif self.estimator == 'pcd':
       walkers = self._ula(params, walkers, k_pre, self.ula_steps)
     log_z = self.log_z(ex)
+    tracked = self.log_z_params(state)
     grads, terms = jax.grad(self.loss, has_aux=True)(params, data_x, walkers, log_weights)
     new_state, norms = apply_gradients(state, self._scale_grads(grads), self.tx)
     new_params = new_state.params
@@ -241,7 +259,8 @@ class EBM(Method):
         'loss': terms['data_energy'] - terms['walker_energy'],
         **terms,
         'log_z': log_z,
-        'cross_entropy': terms['data_energy'] + log_z,
+        'cross_entropy': (jnp.mean(self.energy_fn(tracked)(data_x)) if self.log_z_ema
+                          else terms['data_energy']) + log_z,
         'ess': smc.ess(log_weights) / n,
     }
     extra = dict(ex)
@@ -261,7 +280,8 @@ class EBM(Method):
     if self.log_z_walkers:  # a population that tracks rho_theta and never feeds the gradient
       metrics['log_z_coupled'] = self.log_z(ex, coupled=True)
       metrics['log_z_ess'] = smc.ess(ex['z_log_weights']) / self.log_z_walkers
-      zw, za, _ = self._jarzynski(params, new_params, ex['z_walkers'], ex['z_log_weights'],
+      zw, za, _ = self._jarzynski(tracked, self.log_z_params(new_state), ex['z_walkers'],
+                                  ex['z_log_weights'],
                                   jax.random.fold_in(k_move, 1), jax.random.fold_in(k_more, 1))
       zw, za, zoff, zcount, _ = self._resample(zw, za, ex['z_log_z_offset'],
                                                ex['z_num_resamples'],
@@ -315,11 +335,11 @@ class EBM(Method):
       scalars['exact_log_z'] = float(self.net.apply({'params': params},
                                                     method='log_partition'))
       scalars['estimated_cross_entropy'] = float(jnp.mean(self.energy_fn(params)(ref))) + log_z
-    elif self.data_shape == (2,):
-      params = jax.device_get(state.params)
+    elif self.data_shape == (2,):  # of the params the estimate is of (log_z_params)
+      params = jax.device_get(self.log_z_params(state))
       scalars['grid_log_z'] = float(self.grid_log_partition(params))
     if self.ais_settings():
-      out = self.ais_log_partition(state.params, jax.random.fold_in(rng, 7))
+      out = self.ais_log_partition(self.log_z_params(state), jax.random.fold_in(rng, 7))
       scalars.update(ais_log_z=float(out['log_z']), ais_log_z_stderr=float(out['stderr']),
                      ais_ess=float(out['ess']), ais_acceptance=float(out['acceptance']))
     return scalars, {}
