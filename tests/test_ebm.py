@@ -209,7 +209,7 @@ def test_an_ema_tracking_log_z_population_is_exact_for_the_ema_energy():
   its weights degenerate less (fewer resamplings than the population that follows the
   trained params)."""
   common = {'method.num_walkers': 256, 'method.log_z_walkers': 1024, 'optim.lr': 3e-3,
-            'optim.ema_decays': (0.99,)}
+            'optim.ema_decays': (0.99,), 'method.walker_move': 'ula'}
   m_raw, raw = _toy_steps(common, 200)
   m_ema, ema = _toy_steps({**common, 'method.log_z_ema': 0.99}, 200)
   for a, b in zip(jax.tree.leaves(raw.params), jax.tree.leaves(ema.params)):
