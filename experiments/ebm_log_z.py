@@ -7,8 +7,9 @@
 Each (variant, seed) trains configs/ebm/toy2d.py (8-Gaussians, the neural energy) with
 the same EBM.train_step the loop uses, and at --checkpoints compares the walkers' log Z
 estimate with the quadrature log Z of the same energy (481 x 481 rectangle rule on
-[-12, 12]^2, exact to ~1e-4 here). `default` is the config as it stands (MALA moves, a
-separate log-Z population of 2000 that follows the parameters' EMA, decay 0.99); the
+[-12, 12]^2, exact to ~1e-4 here). `default` is the config as it stands (ULA moves for the
+training walkers; a separate log-Z population of 2000 that moves by MALA and follows
+the parameters' EMA, decay 0.99); the
 others start from the settings the first measurements used (ULA_RAW: ULA moves, a
 population that follows the trained params) and change:
   coupled           log_z_walkers 0: log Z from the walkers that drive the gradient
@@ -21,7 +22,9 @@ population that follows the trained params) and change:
   separate_8000     the same with log_z_walkers 8000
   separate_ema      the separate population follows the parameters' EMA (decay 0.99,
                     method.log_z_ema), and log Z is that energy's; 999: decay 0.999;
-                    _mala: with walker_move mala (= default); _8000: log_z_walkers 8000
+                    _mala: with walker_move mala (both populations); _zmala: the
+                    log-Z population only (log_z_move mala; = default); _8000:
+                    log_z_walkers 8000
   separate_b1       the separate population, Adam b1 0.9 (the config's is 0)
   separate_cosine   the same with a cosine learning-rate decay to 5%
 Each line printed (and the table) also gives the held-out cross-entropy of the energy
@@ -58,6 +61,7 @@ VARIANTS = {
     'separate_8000': {**ULA_RAW, 'method.log_z_walkers': 8000},
     'separate_ema': {**ULA_RAW, **EMA},
     'separate_ema_mala': {**ULA_RAW, **EMA, 'method.walker_move': 'mala'},
+    'separate_ema_zmala': {**ULA_RAW, **EMA, 'method.log_z_move': 'mala'},
     'separate_ema_8000': {**ULA_RAW, **EMA, 'method.log_z_walkers': 8000},
     'separate_ema999': {**ULA_RAW, **EMA, 'method.log_z_ema': 0.999,
                         'optim.ema_decays': (0.999,)},

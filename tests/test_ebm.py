@@ -68,7 +68,8 @@ def test_neural_energy_starts_as_its_gaussian_and_knows_its_log_z():
     ('method.estimator', 'nce'), ('method.resampler', 'stratified'),
     ('method.resample_threshold', 1.5), ('method.step_size', -0.1),
     ('method.num_walkers', 0), ('net.name', 'mlp'), ('sampler.name', 'heun'),
-    ('method.walker_move', 'hmc'), ('method.log_z_walkers', -1)])
+    ('method.walker_move', 'hmc'), ('method.log_z_walkers', -1),
+    ('method.log_z_move', 'hmc')])
 def test_bad_config_raises_config_error_at_construction(field, value):
   config = _config('configs/ebm/gmm.py', 'smoke')
   section, key = field.split('.')
@@ -215,6 +216,10 @@ def test_an_ema_tracking_log_z_population_is_exact_for_the_ema_energy():
   for a, b in zip(jax.tree.leaves(raw.params), jax.tree.leaves(ema.params)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(raw.extra['walkers'], ema.extra['walkers'])
+  _, zmala = _toy_steps({**common, 'method.log_z_ema': 0.99, 'method.log_z_move': 'mala'}, 5)
+  _, short = _toy_steps(common, 5)
+  np.testing.assert_array_equal(zmala.extra['walkers'], short.extra['walkers'])
+  assert not np.array_equal(zmala.extra['z_walkers'], short.extra['z_walkers'])
   ema_params = ema.ema['0.99']
   quad_ema = float(m_ema.grid_log_partition(ema_params))
   quad_raw = float(m_ema.grid_log_partition(ema.params))

@@ -5,17 +5,18 @@
   gensuite sample --workdir=runs/ebm_toy2d --num=2000 --sampler=mala --steps=200 --out=s.npz
 
 Energy U(x) = MLP(x) + |x|^2 / (2 * 3^2), last layer zero-initialised, so walkers start
-as exact draws of N(0, 9 I). Adam, several MALA steps per update (the energy moves
-faster than one step can follow; MALA moves are invariant, so the weights see only the
-parameter step), systematic resampling when ESS/N < 0.5. The log Z estimate comes from
-a second population of 2000 walkers that never enters the gradient (the training
-walkers' own estimate is biased low by the step's self-interaction: -15.5 against
-quadrature at 3000 steps) and follows the parameters' EMA (decay 0.99, log_z_ema): the
-Adam iterate's step-to-step jitter, which degenerates the weights of a population that
-follows it, is averaged out, so log Z, the logged cross-entropy and the eval's
-log_z_estimate / grid_log_z are those of the EMA energy (experiments/results/
-ebm_log_z.md). log_z_walkers=0 drops the population, log_z_ema=0 makes it follow the
-trained params.
+as exact draws of N(0, 9 I). Adam, several ULA steps per update (the energy moves
+faster than one step can follow), systematic resampling when ESS/N < 0.5. The log Z
+estimate comes from a second population of 2000 walkers that never enters the gradient
+(the training walkers' own estimate is biased low by the step's self-interaction: -15.5
+against quadrature at 3000 steps), moves by MALA (invariant, so its weights see only
+the energy's change, not each move's discretisation) and follows the parameters' EMA
+(decay 0.99, log_z_ema): the Adam iterate's step-to-step jitter, which degenerates the
+weights of a population that follows it, is averaged out. log Z, the logged
+cross-entropy and the eval's log_z_estimate / grid_log_z are those of the EMA energy
+(experiments/results/ebm_log_z.md). log_z_walkers=0 drops the population, log_z_ema=0
+makes it follow the trained params. The training walkers stay on ULA: with MALA the
+held-out cross-entropy at 3000 steps was 2.02 +- 0.51 against 1.40 +- 0.07.
 
 Variant tokens (comma-separated): data 8gaussians (default), grid, moons, checkerboard,
 rings, swissroll; estimator jarzynski (default), pcd, cd, ula_unweighted;
@@ -44,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          activation='silu', prior_std=3.0))
   c.method = common.method('ebm', num_walkers=2000, step_size=0.01, ula_steps=5,
                            cd_steps=10, energy_reg=1e-3, log_z_walkers=2000,
-                           walker_move='mala', log_z_ema=0.99)
+                           log_z_move='mala', log_z_ema=0.99)
   c.optim.update(name='adam', lr=1e-3, b1=0.0, grad_clip=1.0, ema_decays=(0.99,))
   c.train.update(num_steps=3000, batch_size=512, log_every=100, eval_every=1000, ckpt_every=1000)
   c.sampler = ml_collections.ConfigDict(dict(name='ula', steps=100, step_size=0.01))

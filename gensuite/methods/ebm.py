@@ -26,6 +26,15 @@ exact samples of the initial model (see gensuite.nets.energy) with A = 0. One st
 log Z_theta ~ log Z_0 + offset + log mean e^A, so the cross-entropy estimate
 mean_data U + log Z is logged every step.
 
+The walkers that drive the gradient estimate log Z with a bias (the step raises the
+energy at exactly those walkers). method.log_z_walkers = M > 0 adds a second population
+that never enters the gradient and gives `log_z` (the coupled one is logged as
+`log_z_coupled`). It moves by method.log_z_move ('' = walker_move) and follows the
+trained params, or with method.log_z_ema = d (one of optim.ema_decays) their EMA:
+log Z and the logged cross-entropy are then the EMA energy's. The EMA moves smoothly
+where the Adam iterate jitters from step to step, and each jitter costs the
+population weight (experiments/results/ebm_log_z.md measures both).
+
 Estimators (`method.estimator`):
   jarzynski       the weighted scheme above.
   ula_unweighted  the same persistent walkers and moves, weights held at zero.
@@ -77,6 +86,11 @@ class EBM(Method):
     super().__init__(config, data_spec, load_run)
     self.estimator = choice(mc, 'estimator', ESTIMATORS)
     self.walker_move = choice(mc, 'walker_move', WALKER_MOVES)
+    # How the log-Z population moves ('': as the training walkers).
+    self.log_z_move = mc.log_z_move or self.walker_move
+    if self.log_z_move not in WALKER_MOVES:
+      raise ConfigError(f"unknown method.log_z_move {self.log_z_move!r}; allowed: '' (as "
+                        f"walker_move), {', '.join(WALKER_MOVES)}")
     self.log_z_walkers = mc.log_z_walkers
     if isinstance(self.log_z_walkers, bool) or not isinstance(self.log_z_walkers, int) or \
         self.log_z_walkers < 0:
@@ -203,12 +217,13 @@ class EBM(Method):
     return extra['log_z0'] + extra[pre + 'log_z_offset'] + smc.log_mean_weight(
         extra[pre + 'log_weights'])
 
-  def _jarzynski(self, params, new_params, walkers, log_weights, k_move, k_more):
+  def _jarzynski(self, params, new_params, walkers, log_weights, k_move, k_more, move=None):
     """Walkers and weights that tracked rho_params, moved and reweighted to track
-    rho_new_params (walker_move 'ula': the Jarzynski ULA increments; 'mala': reweight
-    by the energy change, then MALA under new_params). Returns (walkers, weights, info)."""
+    rho_new_params (move, default walker_move, 'ula': the Jarzynski ULA increments;
+    'mala': reweight by the energy change, then MALA under new_params). Returns
+    (walkers, weights, info)."""
     new_energy = self.energy_fn(new_params)
-    if self.walker_move == 'mala':
+    if (move or self.walker_move) == 'mala':
       log_weights = log_weights + self.energy_fn(params)(walkers) - new_energy(walkers)
       walkers, info = langevin.mala(new_energy, walkers, k_move, self.step_size,
                                     self.ula_steps)
@@ -282,7 +297,8 @@ class EBM(Method):
       metrics['log_z_ess'] = smc.ess(ex['z_log_weights']) / self.log_z_walkers
       zw, za, _ = self._jarzynski(tracked, self.log_z_params(new_state), ex['z_walkers'],
                                   ex['z_log_weights'],
-                                  jax.random.fold_in(k_move, 1), jax.random.fold_in(k_more, 1))
+                                  jax.random.fold_in(k_move, 1), jax.random.fold_in(k_more, 1),
+                                  move=self.log_z_move)
       zw, za, zoff, zcount, _ = self._resample(zw, za, ex['z_log_z_offset'],
                                                ex['z_num_resamples'],
                                                jax.random.fold_in(k_res, 1))
