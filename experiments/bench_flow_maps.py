@@ -14,7 +14,9 @@ only config.method differs:
           digits); method sections from the flow-map file's variants when it has
           them, else the family defaults.
 flow_matching is the reference (gensuite.methods.flow_matching, its defaults: linear
-path, independent coupling). The flow-map nets embed a second time (MeanFlow t - r,
+path, independent coupling); the flow maps also run with independent coupling (the toy
+config pairs MeanFlow's and shortcut's noise by minibatch OT, whose Sinkhorn would cost
+flow matching the same). The flow-map nets embed a second time (MeanFlow t - r,
 shortcut's step size; sCM has none), which is part of their cost.
 
 What is timed is the jitted train step the training loop runs (Experiment.bare_step:
@@ -85,6 +87,8 @@ def configs_for(size, methods):
   for name in ('flow_matching',) + tuple(methods):
     c = base.copy_and_resolve_references()
     c.method = common.method('flow_matching') if name == 'flow_matching' else sections[name]
+    if name != 'flow_matching' and 'coupling' in c.method:
+      c.method.coupling = 'independent'  # the step's own cost, as flow matching's row
     c.net = base.net.copy_and_resolve_references()
     c.sampler.update(name='euler', steps=1)  # not read by the step; valid for all
     c.train.update(eval_every=0, ckpt_every=0)
