@@ -232,7 +232,11 @@ def test_ot_assignment_is_sorted_matching_in_1d_and_beats_identity():
 
 @pytest.mark.parametrize('arg, module', [
     ('8gaussians,smoke', toy2d), ('moons,vp,ot,smoke', toy2d), ('grid,cosine,smoke', toy2d),
-    ('checkerboard,si,smoke', toy2d), ('smoke,contrastive', digits), ('smoke,cond,ot', digits),
+    ('checkerboard,si,smoke', toy2d),
+    # The conditional digits U-Net with other-class negatives: about 45 s on 2 cores; the
+    # contrastive loss itself is checked by test_contrastive_minimizer_is_affine_...
+    pytest.param('smoke,contrastive', digits, marks=pytest.mark.slow),
+    ('smoke,cond,ot', digits),
     ('8gaussians,concat,smoke', toy2d), ('moons,ot,sinkhorn,concat,smoke', toy2d),
 ])
 def test_every_variant_trains_and_samples(arg, module):

@@ -230,6 +230,8 @@ def get_study():
 """
 
 
+@pytest.mark.slow  # about 40 s: six trial runs and a killed study; the grid sweep's
+# resume is checked by test_sweep_records_failures_and_resumes
 def test_study_killed_after_two_trials_resumes_to_four(tmp_path):
   optuna = pytest.importorskip('optuna')
   sweep_file = _sweep_file(tmp_path, STUDY)
