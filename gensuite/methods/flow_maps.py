@@ -71,8 +71,7 @@ import numpy as np
 from gensuite import nets
 from gensuite.errors import ConfigError
 from gensuite.methods import defaults, rand, teachers
-from gensuite.methods.flow_matching import COUPLINGS, ot_assignment, OT_SOLVERS
-from gensuite.methods.flow_matching import sinkhorn_assignment
+from gensuite.methods.flow_matching import COUPLINGS, ot_permutation, OT_SOLVERS
 from gensuite.methods.base import choice, Method
 from gensuite.methods.state import TrainState, apply_gradients, ema_name
 from gensuite.nets.embeddings import sinusoidal_embedding
@@ -152,12 +151,8 @@ class FlowMap(Method):
     permutation keeps both marginals exact, whatever the mixture weights."""
     if self.coupling != 'ot':
       return noise
-    if self.ot_solver == 'sinkhorn':
-      perm = sinkhorn_assignment(x, noise, label, eps=self.sinkhorn_eps,
-                                 iters=self.sinkhorn_iters)
-    else:
-      perm = ot_assignment(x, noise, label)
-    return noise[perm]
+    return noise[ot_permutation(x, noise, label, self.ot_solver, self.sinkhorn_eps,
+                                self.sinkhorn_iters)]
 
   def extra_params(self, rng) -> dict:
     return {}

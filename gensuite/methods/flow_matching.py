@@ -212,6 +212,16 @@ def sinkhorn_assignment(x0: jax.Array, x1: jax.Array, label: jax.Array | None = 
   return round_to_permutation(cost, f, g)
 
 
+def ot_permutation(x0: jax.Array, x1: jax.Array, label: jax.Array | None, solver: str,
+                   eps: float, iters: int) -> jax.Array:
+  """The minibatch OT permutation (x1[perm] paired with x0) of `solver` ('exact':
+  `ot_assignment` on the host; 'sinkhorn': `sinkhorn_assignment` on device, eps and
+  iters as there); within classes when `label` is given."""
+  if solver == 'sinkhorn':
+    return sinkhorn_assignment(x0, x1, label, eps=eps, iters=iters)
+  return ot_assignment(x0, x1, label)
+
+
 def _broadcast_t(t, x):
   return t.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -297,10 +307,8 @@ class FlowMatching(SingleNetMethod, FieldSampling, Method):
 
   def assignment(self, x0, x1, label=None):
     """The minibatch OT permutation (x1[perm] paired with x0) of method.ot_solver."""
-    if self.ot_solver == 'sinkhorn':
-      return sinkhorn_assignment(x0, x1, label, eps=self.sinkhorn_eps,
-                                 iters=self.sinkhorn_iters)
-    return ot_assignment(x0, x1, label)
+    return ot_permutation(x0, x1, label, self.ot_solver, self.sinkhorn_eps,
+                          self.sinkhorn_iters)
 
   def _negatives(self, rng, u, label):
     n = u.shape[0]
