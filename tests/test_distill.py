@@ -379,6 +379,9 @@ def test_config_errors(tmp_path):
     _method('smoke', **{'method.teacher_cfg_scale': 2.0})
   with pytest.raises(ConfigError, match="disc_head must be one of separate, fake_score"):
     _method('smoke', **{'method.disc_head': 'none'})
+  with pytest.raises(ConfigError, match="unknown method.generator_schedule 'linear'; "
+                     r"allowed: '' \(config.optim.schedule\), constant, cosine"):
+    _method('smoke', **{'method.generator_schedule': 'linear'})
   # A run teacher whose method has no denoiser (a VAE, say): one line, at construction.
   (tmp_path / 'config.json').write_text('{}')
 
@@ -390,6 +393,28 @@ def test_config_errors(tmp_path):
   with pytest.raises(ConfigError, match='a vae run has no denoiser'):
     _method('smoke', load_run=lambda workdir: vae_run,
             **{'teacher.analytic': '', 'teacher.workdir': str(tmp_path)})
+
+
+def test_generator_schedule_decays_only_the_generator():
+  """method.generator_schedule='cosine': the generator's LR falls to
+  final_lr_fraction x lr by the last step; the fake score and discriminator keep
+  optim's constant LR (and their own method.lr_<net>)."""
+  overrides = {'method.generator_schedule': 'cosine', 'method.lr_generator': 2e-3,
+               'method.lr_fake_score': 1e-3, 'train.num_steps': 100,
+               'optim.final_lr_fraction': 0.1}
+  m = _method('smoke', **overrides)
+  assert float(m.lr_schedule(0)) == pytest.approx(2e-3)
+  assert float(m.lr_schedule(50)) == pytest.approx(2e-3 * (0.1 + 0.9 * 0.5), rel=1e-5)
+  assert float(m.lr_schedule(100)) == pytest.approx(2e-4, rel=1e-5)
+  # Adam with b1 = 0 and a constant gradient moves each parameter by lr per step, so
+  # one step of each net shows its LR at step 100 (the fake score: still 1e-3).
+  for name, lr in (('generator', 2e-4), ('fake_score', 1e-3)):
+    params = {'w': jnp.zeros((3,))}
+    state = m.txs[name].init(params)
+    for _ in range(100):
+      _, state = m.txs[name].update({'w': jnp.ones((3,))}, state, params)
+    updates, _ = m.txs[name].update({'w': jnp.ones((3,))}, state, params)
+    np.testing.assert_allclose(-np.asarray(updates['w']), lr, rtol=1e-3)
 
 
 @pytest.mark.parametrize('flag, message', [

@@ -8,8 +8,11 @@
 
 Three networks live in one TrainState: params = {'generator', 'fake_score',
 'discriminator'} (the last unless disc_head='none'), one optax transform each
-(config.optim, with per-net learning rates config.method.lr_<net> when > 0), and an
-EMA of the generator only (state.ema[decay] = {'generator': ...}).
+(config.optim, with per-net learning rates config.method.lr_<net> when > 0 and the
+generator's own schedule method.generator_schedule when set: 'constant' or 'cosine'
+to optim.final_lr_fraction, while the fake score and discriminator keep optim's and
+so keep tracking the generator), and an EMA of the generator only
+(state.ema[decay] = {'generator': ...}).
 
 The generator is a denoiser G(x, sigma) (ALGORITHMS.md §0, VE frame): one step is
 x0 = G(sigma_max z, sigma_max); with method.gen_steps = K > 1 it is DMD2's few-step
@@ -93,6 +96,9 @@ OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 DISC_HEADS = ('separate', 'fake_score', 'teacher_features', 'none')
 FEATURE_HEADS = ('fake_score', 'teacher_features')
 NETS = ('generator', 'fake_score', 'discriminator')
+# method.generator_schedule: the generator's own LR schedule ('' = config.optim.schedule);
+# the fake score and discriminator keep optim's, so they go on tracking the generator.
+GENERATOR_SCHEDULES = ('constant', 'cosine')
 
 
 def _bcast(v, x):
@@ -244,12 +250,18 @@ class Distill(Method):
                           f'net {config.net.name!r} has none (use mlp or unet, or '
                           "disc_head='separate')")
     num_steps = int(config.train.num_steps)
+    gen_schedule = str(mc.generator_schedule)
+    if gen_schedule and gen_schedule not in GENERATOR_SCHEDULES:
+      raise ConfigError(f'unknown method.generator_schedule {gen_schedule!r}; allowed: '
+                        "'' (config.optim.schedule), " + ', '.join(GENERATOR_SCHEDULES))
     self.txs, schedules = {}, {}
     for name in self.net_names:
       oc = ml_collections.ConfigDict(config.optim.to_dict())
       lr = float(mc[f'lr_{name}'])
       if lr > 0:
         oc.lr = lr
+      if name == 'generator' and gen_schedule:
+        oc.schedule = gen_schedule
       schedules[name] = optim.schedule(oc, num_steps)
       self.txs[name] = optim.build(oc, num_steps)
     self.lr_schedule = schedules['generator']
