@@ -671,3 +671,24 @@ def test_f_distill_refuses_grad_accum_with_batch_normalisations():
   with pytest.raises(ConfigError, match='normalize_ratio'):
     distill.Distill(config, data_lib.build(config.data, seed=0,
                                            global_batch_size=config.train.batch_size).spec)
+
+
+def test_multistep_fake_score_and_discriminator_are_per_step():
+  """A 4-step student's fake score and discriminator take the step as part of their
+  label (class * gen_steps + k): one label embedding row per (class, step); a 1-step
+  student, method.fake_per_step=False and the generator keep the plain labels."""
+  m = _method('multistep,smoke')
+  assert m.step_labels and m.gen_steps == 4
+  np.testing.assert_array_equal(m.fake_label(None, 3, 2), [3, 3])
+  state = m.init(jax.random.PRNGKey(0), {'x': jnp.zeros((4, 2))})
+  # 4 step labels and the null label the nets keep for guidance.
+  emb = lambda tree: tree['label_emb']['Embed_0']['embedding'].shape[0]
+  assert emb(state.params['fake_score']) == 5 and emb(state.params['discriminator']) == 5
+  assert 'label_emb' not in state.params['generator']
+  cond = _method('multistep,cond,smoke')
+  labels = jnp.array([0, 1, 7])
+  np.testing.assert_array_equal(cond.fake_label(labels, 2, 3), [2, 6, 30])
+  shared = _method('multistep,cond,smoke', **{'method.fake_per_step': False})
+  assert not shared.step_labels
+  np.testing.assert_array_equal(shared.fake_label(labels, 2, 3), labels)
+  assert not _method('smoke').step_labels

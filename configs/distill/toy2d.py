@@ -23,7 +23,8 @@ The teacher is the exact noisy denoiser of the data mixture (config.teacher.anal
               through a small embedding, so its lr is 1e-3 here: at 1e-4 a DMD
               student puts only 41% of its samples on their label's mode after 600
               steps, at 1e-3 99.8%
-  multistep:  a 4-step student (method.gen_steps = 4, sampled with 4 steps)
+  multistep:  a 4-step student (method.gen_steps = 4, sampled with 4 steps; its fake score
+              and discriminator are per step, method.fake_per_step)
   smoke:      a few steps of tiny nets, for tests
 
 Each of the method.fake_updates = K inner updates of a step takes its own 1/K of the

@@ -49,7 +49,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         ratio_clip=(0.1, 20.0), ratio_bins=10, ratio_ema=0.0, normalize_ratio=True,
         normalize_h=True, dm_normalize=True, gen_steps=1, sigma_data=0.0,
         init_from_teacher=True, lr_generator=0.0, lr_fake_score=0.0,
-        lr_discriminator=0.0, generator_schedule='', head_width=64,
+        lr_discriminator=0.0, generator_schedule='', fake_per_step=True, head_width=64,
         class_conditional=False, teacher_cfg_scale=1.0),
     'ebm': dict(
         estimator='jarzynski', num_walkers=1000, step_size=0.1, ula_steps=1, cd_steps=1,

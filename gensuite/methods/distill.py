@@ -19,7 +19,11 @@ x0 = G(sigma_max z, sigma_max); with method.gen_steps = K > 1 it is DMD2's few-s
 generator on the levels sigma_k of the 1000-level Karras grid at indices
 k * 1000 / K, re-noising x0 + sigma_{k+1} eps between steps, and training uses
 backward simulation (a step k drawn per batch, its input produced by the current
-generator from pure noise). With an analytic teacher the networks are config.net
+generator from pure noise; the fake score and discriminator then take the step k as
+part of their label, class * K + k, so they model each step's output law and not the
+mixture over steps, whose matching lets the steps specialise on different modes:
+method.fake_per_step, on by default; not with the teacher's own networks). With an
+analytic teacher the networks are config.net
 MLPs under EDM preconditioning; with a run teacher, generator and fake score are the
 teacher's own network initialised from its EMA weights (as in the papers).
 
@@ -228,17 +232,25 @@ class Distill(Method):
                         'and an analytic teacher has none; use a run teacher '
                         "(config.teacher.workdir) or disc_head 'fake_score' or 'separate'")
     self._init_classes(mc, data_spec)
+    # A multi-step student's fake score and discriminator model each step's output law
+    # (the step index is part of their label): one shared across steps models only the
+    # mixture of the steps' laws, and the steps then specialise on different modes.
+    # Not with the teacher's own networks (their label embedding is the teacher's).
+    self.step_labels = (self.gen_steps > 1 and bool(mc.fake_per_step)
+                        and not self.from_teacher and self.disc_head != 'teacher_features')
+    fake_classes = ((self.num_classes or 1) * self.gen_steps if self.step_labels
+                    else self.num_classes)
     channels = self.data_shape[-1]
     self.channels = channels
     if not self.from_teacher:
       self.gen_net = nets.build(config.net, data_shape=self.data_shape,
                                 out_dim_or_channels=channels, num_classes=self.num_classes)
       self.fake_net = nets.build(config.net, data_shape=self.data_shape,
-                                 out_dim_or_channels=channels, num_classes=self.num_classes)
+                                 out_dim_or_channels=channels, num_classes=fake_classes)
     if self.disc_head == 'separate':
       self.disc_net = nets.build(mc.get('disc_net', None) or config.net,
                                  data_shape=self.data_shape, out_dim_or_channels=1,
-                                 num_classes=self.num_classes)
+                                 num_classes=fake_classes)
     elif self.disc_head in FEATURE_HEADS:
       width = int(mc.head_width)
       if width < 1:
@@ -334,6 +346,14 @@ class Distill(Method):
                               c_noise, label=label)
     return _mean_dims(out)
 
+  def fake_label(self, label, k, n):
+    """The label the fake score and discriminator see for step-k outputs: the class
+    label, or with per-step fakes class * gen_steps + k (k alone when unconditional)."""
+    if not self.step_labels:
+      return label
+    base = jnp.zeros((n,), jnp.int32) if label is None else label
+    return base * self.gen_steps + k
+
   def labels(self, batch, rng):
     """The labels of a real batch (None when unconditional): the data's, or for an
     analytic mixture teacher a draw from p(c | x0)."""
@@ -393,7 +413,8 @@ class Distill(Method):
     x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k, label))
     sigma, _ = self.sample_sigma(k_s, n, full=True)
     x_t = x0 + _bcast(sigma, x0) * rand.normal(k_e, x0.shape, x0.dtype)
-    d_fake = self.fake_denoiser(trainable['fake_score'], x_t, sigma, label)
+    fake_label = self.fake_label(label, k, n)
+    d_fake = self.fake_denoiser(trainable['fake_score'], x_t, sigma, fake_label)
     weight = 1.0 / sigma**2 + 1.0 / self.sigma_data**2
     dsm = jnp.mean(weight * _mean_dims((d_fake - x0)**2))
     metrics = {'fake_score_loss': dsm}
@@ -402,8 +423,8 @@ class Distill(Method):
       sd, _ = self.sample_sigma(k_sd, n)
       fake_t = x0 + _bcast(sd, x0) * rand.normal(k_e2, x0.shape, x0.dtype)
       real_t = real + _bcast(sd, real) * rand.normal(k_e3, real.shape, real.dtype)
-      l_fake = self.logit(trainable, fake_t, sd, label)
-      l_real = self.logit(trainable, real_t, sd, label)
+      l_fake = self.logit(trainable, fake_t, sd, fake_label)
+      l_real = self.logit(trainable, real_t, sd, fake_label)
       disc = jnp.mean(jax.nn.softplus(l_fake)) + jnp.mean(jax.nn.softplus(-l_real))
       loss = loss + self.disc_weight * disc
       metrics['disc_loss'] = disc
@@ -437,14 +458,15 @@ class Distill(Method):
     x_t_sg = jax.lax.stop_gradient(x_t)
     d_real = jax.lax.stop_gradient(self.teacher.denoiser(x_t_sg, sigma, label,
                                                          self.cfg_scale))
+    fake_label = self.fake_label(label, k, n)
     d_fake = jax.lax.stop_gradient(self.fake_denoiser(others['fake_score'], x_t_sg, sigma,
-                                                      label))
+                                                      fake_label))
     metrics = {}
     running = extra['ratio_mean']
     logit = None
     if self.objective == 'f_distill' or self.gan_weight > 0:
       # One evaluation serves both: sg(logit) for r, logit itself for the GAN term.
-      logit = self.logit(others, x_t if self.gan_weight > 0 else x_t_sg, sigma, label)
+      logit = self.logit(others, x_t if self.gan_weight > 0 else x_t_sg, sigma, fake_label)
     if self.objective == 'f_distill':
       r, running = self.ratio(jax.lax.stop_gradient(logit), bins, running)
       h = self.h_fn(r)
@@ -487,18 +509,20 @@ class Distill(Method):
     k_gen, k_fake, k_disc, k_pairs = jax.random.split(rng, 4)
     sigma = jnp.ones((x.shape[0],), jnp.float32)
     label = jnp.zeros((x.shape[0],), jnp.int32) if self.conditional else None
+    fake_label = self.fake_label(label, 0, x.shape[0])
     if self.from_teacher:
       params = {'generator': self.teacher.params, 'fake_score': self.teacher.params}
       params = jax.tree.map(jnp.array, params)
     else:
       params = {
           'generator': self.gen_net.init(k_gen, x, sigma, label=label)['params'],
-          'fake_score': self.fake_net.init(k_fake, x, sigma, label=label)['params'],
+          'fake_score': self.fake_net.init(k_fake, x, sigma, label=fake_label)['params'],
       }
     if self.disc_head == 'separate':
-      params['discriminator'] = self.disc_net.init(k_disc, x, sigma, label=label)['params']
+      params['discriminator'] = self.disc_net.init(k_disc, x, sigma,
+                                                   label=fake_label)['params']
     elif self.disc_head in FEATURE_HEADS:
-      shape = jax.eval_shape(lambda p: self.features(p, x, sigma, label), params)
+      shape = jax.eval_shape(lambda p: self.features(p, x, sigma, fake_label), params)
       params['discriminator'] = self.head.init(k_disc, jnp.zeros(shape.shape, shape.dtype),
                                                sigma)['params']
     opt_state = {name: self.txs[name].init(params[name]) for name in self.net_names}
