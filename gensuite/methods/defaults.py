@@ -29,13 +29,13 @@ from gensuite.errors import lookup
 # How a flow map pairs noise with data in a batch (as flow matching's coupling):
 # 'independent', or 'ot' (the minibatch OT permutation by method.ot_solver).
 FLOW_MAP_COUPLING = dict(coupling='independent', ot_solver='exact', sinkhorn_eps=0.01,
-                         sinkhorn_iters=50)
+                         sinkhorn_iters=30)
 SECTIONS: dict[str, dict[str, Any]] = {
     'flow_matching': dict(
         path='linear', sigma_min=0.0, coupling='independent', gamma='none',
         gamma_scale=1.0, denoiser_head=False, contrastive_weight=0.0, negatives='any',
         time_sampling='uniform', t_eps=0.0, class_conditional=False, label_dropout=0.0,
-        ot_solver='exact', sinkhorn_eps=0.01, sinkhorn_iters=50),
+        ot_solver='exact', sinkhorn_eps=0.01, sinkhorn_iters=30),
     'diffusion': dict(
         formulation='edm', weighting='default', sigma_data=0.5, p_mean=-1.2, p_std=1.2,
         edm_sigma_min=0.002, edm_sigma_max=80.0, rho=7.0, beta_min=0.1, beta_max=20.0,
