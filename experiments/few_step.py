@@ -15,6 +15,10 @@ Rows (--rows picks a subset by name):
   fdistill_js, fdistill_fkl, dmd, dmd2
                 one-step students of the exact teacher (configs/distill/toy2d.py:
                 f_distill,js / f_distill,forward_kl / dmd / dmd2), 1 NFE;
+  fdistill_rkl, fdistill_srkl, fdistill_hellinger, fdistill_jeffreys, fdistill_pearson,
+  fdistill_neyman, fdistill_alpha
+                the other f-divergences' one-step students (reverse KL, softened
+                reverse KL, squared Hellinger, Jeffreys, Pearson, Neyman, alpha);
   fdistill_js_4, dmd2_4
                 4-step students (the `multistep` token: the generator is trained
                 for 4 steps with backward simulation), sampled with 4 NFE.
@@ -95,12 +99,25 @@ TRAINED = {
     'dmd2': (distill_toy2d, 'dmd2', (1,)),
     'fdistill_js_4': (distill_toy2d, 'f_distill,js,multistep', (4,)),
     'dmd2_4': (distill_toy2d, 'dmd2,multistep', (4,)),
+    # The other f-divergences of configs/distill/toy2d.py (the divergence table).
+    **{f'fdistill_{row}': (distill_toy2d, f'f_distill,{token}', (1,))
+       for row, token in [('rkl', 'reverse_kl'), ('srkl', 'softened_reverse_kl'),
+                          ('hellinger', 'squared_hellinger'), ('jeffreys', 'jeffreys'),
+                          ('pearson', 'pearson'), ('neyman', 'neyman'),
+                          ('alpha', 'alpha')]},
 }
 LABELS = {'data': 'data (exact draws)', 'teacher': 'teacher (exact, Heun)',
           'meanflow': 'MeanFlow', 'scm': 'sCM (sCT)', 'shortcut': 'shortcut',
           'fdistill_js': 'f-distill JS (student)', 'fdistill_fkl': 'f-distill fwd KL (student)',
           'dmd': 'DMD (student)', 'dmd2': 'DMD2 (student)',
-          'fdistill_js_4': 'f-distill JS, 4-step student', 'dmd2_4': 'DMD2, 4-step student'}
+          'fdistill_js_4': 'f-distill JS, 4-step student', 'dmd2_4': 'DMD2, 4-step student',
+          'fdistill_rkl': 'f-distill reverse KL (student)',
+          'fdistill_srkl': 'f-distill softened reverse KL (student)',
+          'fdistill_hellinger': 'f-distill squared Hellinger (student)',
+          'fdistill_jeffreys': 'f-distill Jeffreys (student)',
+          'fdistill_pearson': 'f-distill Pearson chi^2 (student)',
+          'fdistill_neyman': 'f-distill Neyman chi^2 (student)',
+          'fdistill_alpha': 'f-distill alpha = 0.5 (student)'}
 ROWS = ('data', 'teacher') + tuple(TRAINED)
 DEFAULT_ROWS = ('data', 'teacher', 'meanflow', 'scm', 'shortcut', 'fdistill_js', 'dmd2')
 DATA = ('unequal8', 'wide8', '8gaussians', 'grid')

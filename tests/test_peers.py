@@ -142,6 +142,26 @@ def test_sinkhorn_with_labels_stays_within_classes():
   np.testing.assert_array_equal(np.asarray(label)[perm], label)
 
 
+@pytest.mark.parametrize('n, labelled', [(300, False), (130, True), (9, False)])
+def test_blockwise_rounding_equals_rounds_over_the_whole_matrix(n, labelled):
+  """round_to_permutation's shrinking row blocks give the permutation that rounds over
+  the whole matrix give (min_rows above n: no block ever shrinks), with and without
+  classes (+inf costs between them)."""
+  k0, k1, k2 = jax.random.split(jax.random.PRNGKey(n), 3)
+  cost = fm._sq_cost(jax.random.normal(k0, (n, 2)), 1.0 + jax.random.normal(k1, (n, 2)))
+  if labelled:
+    label = jax.random.randint(k2, (n,), 0, 3)
+    cost = jnp.where(label[:, None] == label[None, :], cost, jnp.inf)
+  f, g = fm.sinkhorn_potentials(cost, 0.01, 30)
+  blocks = np.asarray(jax.jit(fm.round_to_permutation)(cost, f, g))
+  whole = np.asarray(jax.jit(lambda c, f, g: fm.round_to_permutation(
+      c, f, g, min_rows=n + 1))(cost, f, g))
+  np.testing.assert_array_equal(blocks, whole)
+  np.testing.assert_array_equal(np.sort(blocks), np.arange(n))
+  if labelled:
+    np.testing.assert_array_equal(np.asarray(label)[blocks], label)
+
+
 def test_sinkhorn_coupling_is_used_by_the_loss():
   """ot_solver='sinkhorn' pairs the noise by the on-device plan (no host callback)."""
   c = toy2d.get_config('8gaussians,ot,sinkhorn,smoke')

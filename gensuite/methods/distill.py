@@ -159,9 +159,8 @@ class Distill(Method):
     self.gan_weight = float(mc.gan_weight)
     self.disc_weight = float(mc.disc_weight)
     self.reg_weight = float(mc.reg_weight)
-    if self.reg_weight > 0 and self.objective != 'dmd':
-      raise ConfigError("method.reg_weight > 0 (paired regression) is DMD's; set "
-                        "method.objective='dmd'")
+    if self.reg_weight < 0:
+      raise ConfigError(f'method.reg_weight must be >= 0, got {self.reg_weight}')
     if self.gan_weight > 0 and self.disc_head == 'none':
       raise ConfigError('method.gan_weight > 0 needs a discriminator: set '
                         'method.disc_head to one of '

@@ -150,46 +150,68 @@ def sinkhorn_potentials(cost: jax.Array, eps: float, iters: int,
   return jax.lax.fori_loop(0, halvings + final_stages, stage, zeros)
 
 
-def round_to_permutation(cost: jax.Array, f: jax.Array, g: jax.Array) -> jax.Array:
+def round_to_permutation(cost: jax.Array, f: jax.Array, g: jax.Array,
+                         shrink: int = 4, min_rows: int = 16) -> jax.Array:
   """perm [n] (a permutation) from Sinkhorn potentials, by rounds of proposals.
 
   In each round every unmatched row i proposes to its best free column,
   argmax_j (g_j - C_ij) (the largest entry of its row of the plan among free
   columns; -g are the auction prices Sinkhorn found), and each proposed-to column
   accepts the proposal with the largest plan value f_i + g_j - C_ij (ties: the lowest
-  row index). Every round matches at least one row, so at most n rounds (a
-  `while_loop`); when the plan is close to a permutation nearly all rows are matched
-  in the first round and the rest in a few more. Columns with C = +inf for a row
-  are never proposed to while a finite one is free.
+  row index). Every round matches at least one row, so at most n rounds; when the plan
+  is close to a permutation most rows are matched in the first two rounds and the rest
+  in a few more (about 8 rounds in all at n = 512 on the toys). Columns with C = +inf
+  for a row are never proposed to while a finite one is free.
+
+  Matched rows take no further part, so the rounds run on shrinking row blocks: once
+  at most n / shrink rows are unmatched, those rows (and some matched ones, to keep
+  the shape static) are gathered into an (n / shrink) x n block and the rounds go on
+  there, and so on down to min_rows rows. The result is the same permutation as
+  rounds over the whole matrix, at about a third of their cost.
   """
   n = cost.shape[0]
-  rows = jnp.arange(n)
   pref = g[None, :] - cost  # row i's value of column j, up to the constant f_i
+  cols = jnp.arange(n)
+  sizes = [n]
+  while sizes[-1] // shrink >= min_rows:
+    sizes.append(sizes[-1] // shrink)
 
-  def cond(state):
-    row_to_col, _ = state
-    return jnp.any(row_to_col < 0)
+  def rounds(row_to_col, taken, rows, stop):
+    """Rounds on the block of `rows` until at most `stop` of them are unmatched."""
+    block, f_rows = pref[rows], f[rows]
+    mine = row_to_col[rows]
 
-  def body(state):
-    row_to_col, taken = state
-    free = row_to_col < 0
-    masked = jnp.where(taken[None, :], -jnp.inf, pref)
-    top = jnp.max(masked, axis=1)
-    # argmax as max + lowest index attaining it: two plain reductions, several times
-    # faster than XLA's CPU argmax on an n x n matrix.
-    prop = jnp.min(jnp.where(masked == top[:, None], rows[None, :], n), axis=1)
-    prop = jnp.minimum(prop, n - 1)  # a row with no finite free column (never, see above)
-    value = jnp.where(free, f + top, -jnp.inf)
-    best = jax.ops.segment_max(value, prop, num_segments=n)
-    wins = free & (value == best[prop])
-    first = jax.ops.segment_min(jnp.where(wins, rows, n), prop, num_segments=n)
-    wins = wins & (rows == first[prop])
-    row_to_col = jnp.where(wins, prop, row_to_col)
-    taken = taken | (jax.ops.segment_max(wins.astype(jnp.int32), prop, num_segments=n) > 0)
-    return row_to_col, taken
+    def cond(state):
+      return jnp.sum(state[0] < 0) > stop
 
-  init = (jnp.full((n,), -1, jnp.int32), jnp.zeros((n,), bool))
-  row_to_col, _ = jax.lax.while_loop(cond, body, init)
+    def body(state):
+      mine, taken = state
+      free = mine < 0
+      masked = jnp.where(taken[None, :], -jnp.inf, block)
+      top = jnp.max(masked, axis=1)
+      # argmax as max + lowest index attaining it: two plain reductions, several times
+      # faster than XLA's CPU argmax on an n x n matrix.
+      prop = jnp.min(jnp.where(masked == top[:, None], cols[None, :], n), axis=1)
+      prop = jnp.minimum(prop, n - 1)  # a row with no finite free column (never, see above)
+      value = jnp.where(free, f_rows + top, -jnp.inf)
+      best = jax.ops.segment_max(value, prop, num_segments=n)
+      wins = free & (value == best[prop])
+      first = jax.ops.segment_min(jnp.where(wins, rows, n), prop, num_segments=n)
+      wins = wins & (rows == first[prop])
+      mine = jnp.where(wins, prop, mine)
+      taken = taken | (jax.ops.segment_max(wins.astype(jnp.int32), prop, num_segments=n) > 0)
+      return mine, taken
+
+    mine, taken = jax.lax.while_loop(cond, body, (mine, taken))
+    return row_to_col.at[rows].set(mine), taken
+
+  row_to_col = jnp.full((n,), -1, jnp.int32)
+  taken = jnp.zeros((n,), bool)
+  for level, size in enumerate(sizes):
+    stop = sizes[level + 1] if level + 1 < len(sizes) else 0
+    # The unmatched rows first (a stable sort keeps them in row order).
+    rows = cols if level == 0 else jnp.argsort(row_to_col >= 0, stable=True)[:size]
+    row_to_col, taken = rounds(row_to_col, taken, rows.astype(jnp.int32), stop)
   return row_to_col
 
 
