@@ -332,9 +332,11 @@ def test_backward_simulation_marginals():
     np.testing.assert_allclose(float(jnp.var(out)), c[k]**2 * v, rtol=0.02)
 
 
-@pytest.mark.parametrize('arg', ['dmd,smoke', 'dmd2,multistep,smoke'])
-def test_variants_train_with_finite_losses(arg):
-  method = _method(arg)
+@pytest.mark.parametrize('arg, overrides', [
+    ('dmd,smoke', {}), ('dmd2,multistep,smoke', {}),
+    ('f_distill,js,smoke', {'method.reg_weight': 0.5})])  # the regression on any objective
+def test_variants_train_with_finite_losses(arg, overrides):
+  method = _method(arg, **overrides)
   data = data_lib.build(method.config.data, seed=0, global_batch_size=64)
   state = jax.jit(method.init)(jax.random.PRNGKey(0), jax.tree.map(jnp.asarray, data.batch(0)))
   step = jax.jit(method.train_step)
@@ -343,7 +345,7 @@ def test_variants_train_with_finite_losses(arg):
                           jax.random.PRNGKey(i))
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert int(state.step) == 4
-  if 'dmd,' in arg:  # the paired data made once by the teacher's ODE sampler
+  if method.reg_weight > 0:  # the paired data made once by the teacher's ODE sampler
     assert state.extra['pair_target'].shape == (64, 2)
     assert float(metrics['reg_loss']) > 0
   x = jax.jit(lambda s, r: method.sample(s, r, 16, steps=method.gen_steps))(
@@ -354,6 +356,8 @@ def test_variants_train_with_finite_losses(arg):
 def test_config_errors(tmp_path):
   with pytest.raises(ConfigError, match='needs a teacher'):
     _method('smoke', **{'teacher.analytic': ''})
+  with pytest.raises(ConfigError, match='reg_weight must be >= 0'):
+    _method('smoke', **{'method.reg_weight': -1.0})
   with pytest.raises(ConfigError, match='holds no run'):
     _method('smoke', **{'teacher.analytic': '', 'teacher.workdir': '/nonexistent/run'})
   with pytest.raises(ConfigError, match='Gaussian mixture'):

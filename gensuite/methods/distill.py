@@ -59,11 +59,13 @@ Objectives (method.objective):
              ratio_clip, divided by a per-time-bin running mean (ratio_bins,
              ratio_ema; E_q r = 1) and h divided by its batch mean; plus
              gan_weight * softplus(-logit) (Xu et al. 2025; FastGen's defaults).
-  dmd        h = 1 (reverse KL), no discriminator, plus reg_weight * squared error
-             between G(z_ref) and y_ref on (noise, teacher output) pairs made once in
-             init by the teacher's deterministic Heun sampler (pair_steps levels,
-             2 pair_steps - 1 NFE) and kept in state.extra (so in the checkpoints of
-             the workdir); Yin et al. 2024 use LPIPS, which needs weights we do not have.
+  dmd        h = 1 (reverse KL), no discriminator, plus reg_weight (0.25) * squared
+             error between G(z_ref) and y_ref on (noise, teacher output) pairs made
+             once in init by the teacher's deterministic Heun sampler (pair_steps
+             levels, 2 pair_steps - 1 NFE) and kept in state.extra (so in the
+             checkpoints of the workdir); Yin et al. 2024 use LPIPS, which needs
+             weights we do not have. The other objectives take the same paired
+             regression when reg_weight > 0 (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
              head on the fake score's bottleneck and optional backward simulation.
 The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
