@@ -167,7 +167,8 @@ def round_to_permutation(cost: jax.Array, f: jax.Array, g: jax.Array,
   at most n / shrink rows are unmatched, those rows (and some matched ones, to keep
   the shape static) are gathered into an (n / shrink) x n block and the rounds go on
   there, and so on down to min_rows rows. The result is the same permutation as
-  rounds over the whole matrix, at about a third of their cost.
+  rounds over the whole matrix; at n = 512 on 2 CPU cores it took 1.2-1.6 ms against
+  their 1.6-2.3 ms (experiments/ot_solvers.py --sweep_iters).
   """
   n = cost.shape[0]
   pref = g[None, :] - cost  # row i's value of column j, up to the constant f_i
