@@ -560,6 +560,11 @@ def main(argv=None):
   ours.addHandler(handler)
   ours.setLevel(std_logging.INFO)
   ours.propagate = False
+  # An unreadable checkpoint fails orbax's restore in several tensorstore futures; the
+  # one raised becomes the error line, and asyncio reports the others, when they are
+  # collected, as 'Future exception was never retrieved' on stderr. Those go.
+  std_logging.getLogger('asyncio').addFilter(
+      lambda record: not str(record.msg).startswith('Future exception was never retrieved'))
   _setup_jax()
   try:
     {'train': _train, 'sample': _sample, 'eval': _eval, 'bench': _bench,
