@@ -247,6 +247,10 @@ def test_an_ema_tracking_log_z_population_is_exact_for_the_ema_energy():
      'method.step_size must be a positive number'),
     ('configs/ebm/toy2d.py:smoke', ['--config.method.num_walkers=-5'],
      'method.num_walkers must be a positive integer'),
+    ('configs/ebm/digits.py:smoke', ['--config.net.pool=max'],
+     "unknown net.pool 'max'; allowed: mean, flatten"),
+    ('configs/ebm/digits.py:smoke', ['--config.method.data_noise=-0.1'],
+     r'method.data_noise .* must be a finite number >= 0'),
 ])
 def test_bad_ebm_input_is_one_line_exit_2_and_writes_nothing(spec, overrides, needle, tmp_path):
   import re  # pylint: disable=g-import-not-at-top
@@ -267,3 +271,39 @@ def test_mnist_config_trains_on_tfds_mock_data(tmp_path):
   assert state.extra['walkers'].shape == (16, 28, 28, 1)
   assert state.extra['z_walkers'].shape == (8, 28, 28, 1)
   assert np.all(np.isfinite(np.asarray(state.extra['walkers'])))
+
+
+def test_denoised_samples_are_tweedies_posterior_mean_for_a_gaussian_mixture():
+  """With method.data_noise = sigma the model is of the data convolved with N(0, sigma^2).
+  For a mixture whose noisy components are N(a_m, s_m^2 + sigma^2), E[x0 | x] is
+  sum_m w_m(x) (a_m + s_m^2 / (s_m^2 + sigma^2) (x - a_m)), w_m the posterior weights."""
+  config = _config('configs/ebm/gmm.py', 'smoke')
+  config.net.learn_log_stds = True
+  config.method.data_noise = 0.5
+  method, data = _build(config)
+  state = method.init(jax.random.PRNGKey(0), data.batch(0))
+  d = method.data_shape[-1]
+  m = state.params['means'].shape[0]
+  rng = np.random.default_rng(0)
+  means = rng.normal(size=(m, d)).astype(np.float32)
+  clean_std = np.linspace(0.3, 0.8, m).astype(np.float32)
+  noisy_std = np.sqrt(clean_std**2 + 0.25)
+  params = dict(state.params, means=jnp.asarray(means),
+                log_stds=jnp.asarray(np.log(noisy_std)))
+  x = rng.normal(size=(7, d)).astype(np.float32) * 1.5
+  got = np.asarray(method.denoise(params, jnp.asarray(x)), np.float64)
+  logits = np.concatenate([[0.0], np.asarray(params['logits'], np.float64)])
+  sq = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+  logw = logits - 0.5 * sq / noisy_std**2 - d * np.log(noisy_std)
+  w = np.exp(logw - logw.max(1, keepdims=True))
+  w /= w.sum(1, keepdims=True)
+  shrink = (clean_std**2 / noisy_std**2)[None, :, None]
+  want = (w[..., None] * (means[None] + shrink * (x[:, None] - means[None]))).sum(1)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  # Training adds the noise to the data term only: a noisy batch differs from the clean one.
+  step = jax.jit(method.train_step)
+  _, m1 = step(state, data.batch(0), jax.random.PRNGKey(3))
+  config.method.data_noise = 0.0
+  clean, _ = _build(config)
+  _, m0 = jax.jit(clean.train_step)(state, data.batch(0), jax.random.PRNGKey(3))
+  assert float(m1['data_energy']) != pytest.approx(float(m0['data_energy']), abs=1e-4)

@@ -54,7 +54,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     'ebm': dict(
         estimator='jarzynski', num_walkers=1000, step_size=0.1, ula_steps=1, cd_steps=1,
         resampler='systematic', resample_threshold=0.5, energy_reg=0.0, param_lr_scale={},
-        walker_move='ula', log_z_walkers=0, log_z_ema=0.0, log_z_move=''),
+        walker_move='ula', log_z_walkers=0, log_z_ema=0.0, log_z_move='', data_noise=0.0,
+        denoise_samples=True),
     'vae': dict(
         latent_dim=8, likelihood='gaussian', variance='learned_scalar', fixed_sigma=0.1,
         beta=1.0, kl_warmup_steps=0, balance_decay=0.99, balance_init_mse=1.0,

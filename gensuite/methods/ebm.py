@@ -42,6 +42,11 @@ Estimators (`method.estimator`):
                   (persistent contrastive divergence).
   cd              walkers restarted from the data batch every step and moved `cd_steps`
                   ULA steps (CD-k).
+method.data_noise = sigma > 0 trains on data + N(0, sigma^2 I) (fresh noise each step),
+so the model is of the smoothed density, whose curvature is at most about 1 / sigma^2:
+an energy that cannot sharpen past what the walkers' step size h resolves. `sample`
+then returns Tweedie's posterior mean x - sigma^2 grad U(x) of the last Langevin state
+(method.denoise_samples, default on). The logged `energy_scale` is sqrt(E_data U^2).
 `param_lr_scale` multiplies the gradient of top-level parameters by name (with sgd this
 is a per-parameter learning rate: the paper's GMM uses 0.2 for the means).
 Walkers are replicated across devices; only the data term is split over them.
@@ -119,6 +124,11 @@ class EBM(Method):
     self.energy_reg = float(mc.energy_reg)
     if self.energy_reg < 0:
       raise ConfigError(f'method.energy_reg must be >= 0, got {self.energy_reg}')
+    self.data_noise = float(mc.data_noise)
+    if not 0.0 <= self.data_noise < math.inf:
+      raise ConfigError('method.data_noise (std of the Gaussian noise added to each data '
+                        f'batch; 0: none) must be a finite number >= 0, got {mc.data_noise!r}')
+    self.denoise_samples = bool(mc.denoise_samples)
     self.param_lr_scale = dict(mc.param_lr_scale or {})
     for name, v in self.param_lr_scale.items():
       _positive(f'method.param_lr_scale[{name!r}]', v)
@@ -178,7 +188,8 @@ class EBM(Method):
     loss = data_term - walker_term
     if self.energy_reg > 0:
       loss = loss + self.energy_reg * (jnp.mean(u_data**2) + jnp.sum(p * u_walk**2))
-    return loss, {'data_energy': data_term, 'walker_energy': walker_term}
+    return loss, {'data_energy': data_term, 'walker_energy': walker_term,
+                  'energy_scale': jnp.sqrt(jnp.mean(u_data**2))}
 
   # ---- the Method interface ----------------------------------------------------
 
@@ -259,6 +270,9 @@ class EBM(Method):
     k_pre, k_move, k_more, k_res = jax.random.split(rng, 4)
     walkers, log_weights = ex['walkers'], ex['log_weights']
     data_x = batch['x']
+    if self.data_noise > 0:  # the model is of the data convolved with N(0, data_noise^2 I)
+      data_x = data_x + self.data_noise * jax.random.normal(
+          jax.random.fold_in(rng, 11), data_x.shape, data_x.dtype)
     if self.estimator == 'cd':
       idx = jnp.arange(self.num_walkers) % data_x.shape[0]
       walkers = self._ula(params, data_x[idx].astype(walkers.dtype), k_pre, self.cd_steps)
@@ -326,8 +340,17 @@ class EBM(Method):
     k_pick, k_run = jax.random.split(rng)
     idx = jax.random.categorical(k_pick, state.extra['log_weights'], shape=(num,))
     x = state.extra['walkers'][idx]
-    return samplers.sample(name, self.field(state.eval_params(use_ema)), x, k_run, steps,
-                           **options)
+    params = state.eval_params(use_ema)
+    x = samplers.sample(name, self.field(params), x, k_run, steps, **options)
+    if self.data_noise > 0 and self.denoise_samples:
+      x = self.denoise(params, x)
+    return x
+
+  def denoise(self, params, x):
+    """Tweedie's estimate of the clean point, E[x0 | x] = x - data_noise^2 grad U(x):
+    exact when exp(-U) is the noisy data density (method.data_noise > 0)."""
+    grad = jax.grad(lambda y: jnp.sum(self.energy_fn(params)(y)))(x)
+    return x - self.data_noise**2 * grad
 
   def exact_cross_entropy(self, params, data_x) -> jax.Array:
     """mean_data U + log Z with the exact log Z (GMM energy only)."""

@@ -26,7 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from gensuite.errors import ConfigError
 from gensuite.nets.embeddings import get_activation
+
+POOLS = ('mean', 'flatten')
 
 
 def _quadratic(x, prior_std):
@@ -70,13 +73,21 @@ class EnergyConv(nn.Module):
   Attributes:
     data_dim: channels C; image_size: (H, W) for sampling the initial model.
     channels: conv widths, each stage halving the resolution after the first.
+    pool: how the last feature map becomes a vector: 'mean' over positions, or
+      'flatten' (keeps where each feature is: a digit is a shape at a place).
   """
   data_dim: int
   image_size: tuple[int, int] = (8, 8)
   channels: tuple[int, ...] = (32, 64)
   activation: str = 'silu'
   prior_std: float = 1.0
+  pool: str = 'mean'
   num_classes: int | None = None
+
+  def __post_init__(self):
+    if self.pool not in POOLS:
+      raise ConfigError(f'unknown net.pool {self.pool!r}; allowed: {", ".join(POOLS)}')
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, t=None, label=None, train=False):
@@ -85,7 +96,7 @@ class EnergyConv(nn.Module):
     h = x
     for i, c in enumerate(self.channels):
       h = act(nn.Conv(c, (3, 3), strides=(1, 1) if i == 0 else (2, 2), name=f'conv_{i}')(h))
-    h = jnp.mean(h, axis=(1, 2))
+    h = jnp.mean(h, axis=(1, 2)) if self.pool == 'mean' else h.reshape(h.shape[0], -1)
     h = act(nn.Dense(self.channels[-1], name='dense')(h))
     f = nn.Dense(1, kernel_init=nn.initializers.zeros, name='out')(h)[:, 0]
     return f + _quadratic(x, self.prior_std)
