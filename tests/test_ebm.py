@@ -307,3 +307,18 @@ def test_denoised_samples_are_tweedies_posterior_mean_for_a_gaussian_mixture():
   clean, _ = _build(config)
   _, m0 = jax.jit(clean.train_step)(state, data.batch(0), jax.random.PRNGKey(3))
   assert float(m1['data_energy']) != pytest.approx(float(m0['data_energy']), abs=1e-4)
+
+
+def test_cd_samples_start_from_the_initial_model_not_from_its_data_started_chains():
+  config = _config('configs/ebm/toy2d.py', 'smoke,cd')
+  method, data = _build(config)
+  state = method.init(jax.random.PRNGKey(0), data.batch(0))
+  state, _ = jax.jit(method.train_step)(state, data.batch(0), jax.random.PRNGKey(1))
+  walkers = np.asarray(state.extra['walkers'])
+  x = np.asarray(method.sample(state, jax.random.PRNGKey(2), 64, steps=1,
+                               step_size=1e-8))
+  # One step of h = 1e-8 barely moves a point: every sample is a fresh prior draw
+  # (std 3 on the toy), none of them a CD chain (which sit on the data).
+  dist = np.min(np.linalg.norm(x[:, None] - walkers[None], axis=-1), axis=1)
+  assert np.all(dist > 1e-3)
+  assert float(np.std(x)) == pytest.approx(3.0, rel=0.3)

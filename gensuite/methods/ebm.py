@@ -335,12 +335,17 @@ class EBM(Method):
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=False, **options):
     """num draws: walkers picked by their weights, then `steps` ULA or MALA steps
-    (option step_size, default config.sampler.step_size or method.step_size)."""
+    (option step_size, default config.sampler.step_size or method.step_size). A CD run
+    starts from the initial model N(0, prior_std^2 I) instead: its chains begin at the
+    data batch each step, so picking them would hand back perturbed training data."""
     name, steps, options = samplers.resolve(self.config.sampler, sampler, steps, options)
     k_pick, k_run = jax.random.split(rng)
-    idx = jax.random.categorical(k_pick, state.extra['log_weights'], shape=(num,))
-    x = state.extra['walkers'][idx]
     params = state.eval_params(use_ema)
+    if self.estimator == 'cd':  # its chains restart at the data batch: not model samples
+      x = self.net.apply({'params': params}, k_pick, num, method='sample_init')
+    else:
+      idx = jax.random.categorical(k_pick, state.extra['log_weights'], shape=(num,))
+      x = state.extra['walkers'][idx]
     x = samplers.sample(name, self.field(params), x, k_run, steps, **options)
     if self.data_noise > 0 and self.denoise_samples:
       x = self.denoise(params, x)
