@@ -57,12 +57,13 @@ def base() -> ml_collections.ConfigDict:
           kind='none', weight=1.0, sigma_lo=0.0, sigma_hi=1e9, guide_workdir='',
           guide_step=0, guide_ema=''))))
   # ais_*: an energy model's annealed-importance-sampling log Z at eval (ais_temps > 0;
-  # gensuite.samplers.ais; ais_step_size 0: the sampler's step size).
+  # gensuite.samplers.ais; ais_step_size 0: the sampler's step size; ais_base 'prior':
+  # N(0, prior_std^2 I), 'data': a Gaussian fitted to the data).
   c.eval = ml_collections.ConfigDict(dict(
       num_samples=1000, metrics=('mmd', 'sliced_wasserstein', 'energy_distance', 'nll'),
       use_ema=True, sample_batch=0, inception_weights='', fid_stats='',
       inception_resize='tf', ais_temps=0, ais_chains=256, ais_mala_steps=1,
-      ais_step_size=0.0))
+      ais_step_size=0.0, ais_base='prior'))
   return c
 
 

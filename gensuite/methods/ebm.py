@@ -67,6 +67,7 @@ from gensuite.samplers import ais, langevin, smc
 
 ESTIMATORS = ('jarzynski', 'ula_unweighted', 'pcd', 'cd')
 WALKER_MOVES = ('ula', 'mala')
+AIS_BASES = ('prior', 'data')  # eval.ais_base: see EBM.ais_log_partition
 ENERGY_NETS = ('energy_mlp', 'energy_conv', 'gmm_energy')
 
 
@@ -383,7 +384,8 @@ class EBM(Method):
       params = jax.device_get(self.log_z_params(state))
       scalars['grid_log_z'] = float(self.grid_log_partition(params))
     if self.ais_settings():
-      out = self.ais_log_partition(self.log_z_params(state), jax.random.fold_in(rng, 7))
+      out = self.ais_log_partition(self.log_z_params(state), jax.random.fold_in(rng, 7),
+                                   data)
       scalars.update(ais_log_z=float(out['log_z']), ais_log_z_stderr=float(out['stderr']),
                      ais_ess=float(out['ess']), ais_acceptance=float(out['acceptance']))
     return scalars, {}
@@ -399,16 +401,31 @@ class EBM(Method):
     if not temps:
       return None
     h = float(ec.get('ais_step_size', 0.0) or 0.0)
+    self.ais_base()
     return dict(num_temps=temps,
                 num_chains=_positive('eval.ais_chains', ec.get('ais_chains', 256), True),
                 mala_steps=_positive('eval.ais_mala_steps', ec.get('ais_mala_steps', 1), True),
                 step_size=_positive('eval.ais_step_size', h) if h else self.sample_step_size,
                 base_std=float(getattr(self.net, 'prior_std', 1.0)))
 
-  def ais_log_partition(self, params, rng) -> dict[str, jax.Array]:
-    """log Z by annealed importance sampling from the initial model's Gaussian
-    N(0, prior_std^2 I) (gensuite.samplers.ais), with config.eval.ais_* settings."""
+  def ais_base(self) -> str:
+    base = self.config.eval.get('ais_base', 'prior')
+    if base not in AIS_BASES:
+      raise ConfigError(f'unknown eval.ais_base {base!r}; allowed: {", ".join(AIS_BASES)}')
+    return base
+
+  def ais_log_partition(self, params, rng, data=None) -> dict[str, jax.Array]:
+    """log Z by annealed importance sampling (gensuite.samplers.ais), with
+    config.eval.ais_* settings, from the base eval.ais_base names: 'prior', the initial
+    model's N(0, prior_std^2 I); 'data', the Gaussian with the mean and covariance of
+    (up to 10000) reference examples of `data` plus data_noise^2 I, the density the
+    energy was trained on smoothed to second moments."""
     kw = self.ais_settings() or {}
+    if self.ais_base() == 'data':
+      if data is None:
+        raise ConfigError("eval.ais_base='data' fits its base to the data; none was given")
+      ref = data.reference(jax.random.fold_in(rng, 11), 10000)
+      kw['base_mean'], kw['base_chol'] = ais.gaussian_fit(ref, extra_var=self.data_noise**2)
     fn = jax.jit(lambda p, k: ais.log_partition(self.energy_fn(p), self.data_shape, k, **kw))
     return fn(params, rng)
 
