@@ -80,8 +80,9 @@ def log_partition(energy_fn: Callable, shape: tuple[int, ...], rng: jax.Array, *
   The base is N(base_mean, base_chol base_chol^T) when base_chol is given (base_mean
   defaults to 0; base_std is then unused), else N(0, base_std^2 I).
   Returns log_z, stderr (delta method), ess (of the final weights, in chains),
-  acceptance (mean MALA acceptance over the path), log_weights [num_chains] and the
-  final step size.
+  acceptance (mean MALA acceptance over the path), log_weights [num_chains], the chains'
+  final points (samples; with log_weights, a weighted sample of exp(-U)) and the final
+  step size.
   """
   _check(num_chains, num_temps, mala_steps, step_size, base_std)
   d = math.prod(shape)
@@ -155,7 +156,7 @@ def log_partition(energy_fn: Callable, shape: tuple[int, ...], rng: jax.Array, *
   carry = (x0, u0, g0, b0, gb0, jnp.zeros((int(num_chains),), jnp.float32),
            jnp.asarray(step_size, jnp.float32))
   keys = jax.random.split(k_path, int(num_temps))
-  (_, _, _, _, _, log_w, h), accs = jax.lax.scan(temperature, carry,
+  (x, _, _, _, _, log_w, h), accs = jax.lax.scan(temperature, carry,
                                                  (betas[:-1], betas[1:], keys))
   n = log_w.shape[0]
   log_mean = logsumexp(log_w) - jnp.log(float(n))
@@ -163,4 +164,4 @@ def log_partition(energy_fn: Callable, shape: tuple[int, ...], rng: jax.Array, *
   stderr = jnp.std(w) / (jnp.sqrt(float(n)) * jnp.mean(w))
   ess = jnp.exp(2.0 * logsumexp(log_w) - logsumexp(2.0 * log_w))
   return {'log_z': log_z_base + log_mean, 'stderr': stderr, 'ess': ess,
-          'acceptance': jnp.mean(accs), 'log_weights': log_w, 'step_size': h}
+          'acceptance': jnp.mean(accs), 'log_weights': log_w, 'samples': x, 'step_size': h}
