@@ -131,10 +131,15 @@ def main():
       lines.append(f'| {os.path.basename(w)} | {est} | {f["step"]} | {label} | ' +
                    ' | '.join(f'{m:.3g} +- {s:.2g}' for m, s in zip(mean, std)) + ' |')
   lines += seed_summary(finals, args.long_steps)
+  write_report(lines, args.out)
+
+
+def write_report(lines, out: str = '') -> None:
+  """Prints the markdown lines and writes them to `out` when given."""
   text = '\n'.join(lines) + '\n'
   print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
+  if out:
+    with open(out, 'w') as f:
       f.write(text)
 
 

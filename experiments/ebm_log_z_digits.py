@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.ebm_digits import write_report
 from gensuite import run as run_lib
 from gensuite.metrics import features
 from gensuite.samplers import ais, smc
@@ -97,11 +98,7 @@ def main():
   for name, rows, data_masses in masses:
     for label, m in [('data', data_masses)] + [(k, r['masses']) for k, r in rows.items()]:
       lines.append(f'| {name} | {label} | ' + ' | '.join(f'{v:.3f}' for v in m) + ' |')
-  text = '\n'.join(lines) + '\n'
-  print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
+  write_report(lines, args.out)
 
 
 if __name__ == '__main__':
