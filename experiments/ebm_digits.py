@@ -44,7 +44,24 @@ def curve(workdir: str) -> dict:
 
 
 def final(workdir: str, num: int, draws: int, long_steps: int, step: int | None = None) -> dict:
+  """The checkpoint's figures; kept in DIR/ebm_digits_eval/ and read back when the same
+  checkpoint is asked for with the same settings (runs can be evaluated as they finish)."""
   run = run_lib.load_run(workdir, step)
+  cache = os.path.join(workdir, 'ebm_digits_eval',
+                       f'step{run.step}_num{num}_draws{draws}_long{long_steps}.json')
+  if os.path.exists(cache):
+    with open(cache) as f:
+      return {k: tuple(np.array(x) for x in v) if k != 'step' else v
+              for k, v in json.load(f).items()}
+  out = _final(run, workdir, num, draws, long_steps)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  with open(cache, 'w') as f:
+    json.dump({k: [np.asarray(x).tolist() for x in v] if k != 'step' else v
+               for k, v in out.items()}, f)
+  return out
+
+
+def _final(run, workdir: str, num: int, draws: int, long_steps: int) -> dict:
   exp = run.experiment
   ref = exp.data.reference(jax.random.PRNGKey(123), num)
   out = {'step': run.step}
