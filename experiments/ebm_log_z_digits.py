@@ -26,7 +26,7 @@ import numpy as np
 from experiments.ebm_digits import write_report
 from gensuite import run as run_lib
 from gensuite.metrics import features
-from gensuite.samplers import ais, smc
+from gensuite.samplers import smc
 
 
 def weighted(values, log_w):
@@ -46,12 +46,11 @@ def measure(workdir, temps, chains, seed, extractor):
   energy = method.energy_fn(params)
   ex = jax.device_get(state.extra)
   data = run.experiment.data
+  ec = method.config.eval
+  ec.unlock()
+  ec.update(ais_base='data', ais_temps=temps, ais_chains=chains)
+  out = jax.device_get(method.ais_log_partition(params, jax.random.PRNGKey(seed), data))
   ref = np.asarray(data.reference(jax.random.PRNGKey(11), 10000))
-  mean, chol = ais.gaussian_fit(ref, extra_var=method.data_noise**2)
-  fn = jax.jit(lambda p, k: ais.log_partition(
-      method.energy_fn(p), method.data_shape, k, num_temps=temps, num_chains=chains,
-      step_size=method.sample_step_size, base_mean=mean, base_chol=chol))
-  out = jax.device_get(fn(params, jax.random.PRNGKey(seed)))
   walkers, walker_w = ex['z_walkers'], ex['z_log_weights']
   rows = {}
   sets = [('walkers', walkers, walker_w), ('AIS', out['samples'], out['log_weights'])]
