@@ -128,7 +128,9 @@ def test_method_section_is_the_familys_defaults_plus_overrides(path):
 @pytest.mark.parametrize('path, variant, expected', [
     ('configs/distill/toy2d.py', '', dict(
         objective='f_distill', divergence='js', fake_updates=4, disc_head='separate',
-        gan_weight=0.1, disc_weight=1.0, reg_weight=0.0, lr_generator=1e-3)),
+        gan_weight=0.1, disc_weight=1.0, reg_weight=1.0, num_pairs=8192, lr_generator=1e-3)),
+    ('configs/distill/toy2d.py', 'dmd2', dict(
+        divergence='reverse_kl', fake_updates=5, gan_weight=0.1, reg_weight=1.0)),
     ('configs/distill/toy2d.py', 'dmd', dict(
         divergence='reverse_kl', fake_updates=1, disc_head='none', gan_weight=0.0,
         disc_weight=1.0, reg_weight=0.25)),

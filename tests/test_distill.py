@@ -105,8 +105,8 @@ def test_f_distill_gradient_equals_gradient_of_the_diffused_divergence(name):
   """
   sigma, theta, scale = 0.5, 0.7, 1.0
   method = _method('smoke', **_gaussian_data([0.0], 1.0), **{
-      'method.divergence': name, 'method.gan_weight': 0.0, 'method.normalize_ratio': False,
-      'method.normalize_h': False, 'method.dm_normalize': False,
+      'method.divergence': name, 'method.gan_weight': 0.0, 'method.reg_weight': 0.0,
+      'method.normalize_ratio': False, 'method.normalize_h': False, 'method.dm_normalize': False,
       'method.logit_clamp': 50.0, 'method.ratio_clip': (1e-12, 1e12)})
   method.generate = lambda p, z, rng=None, k=None, label=None: p['theta'] + p['scale'] * z
   method.sample_sigma = lambda rng, n, full=False: (jnp.full((n,), sigma),
@@ -134,7 +134,8 @@ def test_f_distill_gradient_equals_gradient_of_the_diffused_divergence(name):
 
 def test_reverse_kl_f_distill_gradient_equals_dmd_gradient():
   """§4 check 2: with h = 1 the f-distill generator gradient is DMD's, bit for bit."""
-  f_method = _method('f_distill,reverse_kl,smoke', **{'method.gan_weight': 0.0})
+  f_method = _method('f_distill,reverse_kl,smoke',
+                     **{'method.gan_weight': 0.0, 'method.reg_weight': 0.0})
   d_method = _method('dmd,smoke', **{'method.reg_weight': 0.0})
   data = data_lib.build(f_method.config.data, seed=0, global_batch_size=64)
   batch = jax.tree.map(jnp.asarray, data.batch(0))
@@ -199,7 +200,8 @@ def test_discriminator_recovers_the_log_ratio_of_two_gaussians(head):
   mu_q, s_q = jnp.array([1.0, 0.5]), 0.8
   method = _method('smoke', **_gaussian_data([0.0, 0.0], 1.0), **{
       'method.fake_updates': 4, 'method.lr_discriminator': 3e-3, 'net.hidden': 64,
-      'method.disc_head': head, 'method.disc_weight': 1e-2 if head == 'fake_score' else 1.0})
+      'method.disc_head': head, 'method.disc_weight': 1e-2 if head == 'fake_score' else 1.0,
+      'method.reg_weight': 0.0})
   method.generate = lambda p, z, rng=None, k=None, label=None: mu_q + s_q * z
   method.sample_sigma = lambda rng, n, full=False: (jnp.full((n,), sigma),
                                                     jnp.zeros((n,), jnp.int32))
@@ -260,7 +262,8 @@ def test_default_ratio_pipeline_with_the_exact_logit():
   per-bin normalisation takes the constant out; only the clip sees it)."""
   sigmas, bins, theta, scale = (0.5, 1.2), (0, 3), 0.7, 1.0
   method = _method('smoke', **_gaussian_data([0.0], 1.0), **{
-      'method.divergence': 'js', 'method.gan_weight': 0.0, 'method.dm_normalize': False})
+      'method.divergence': 'js', 'method.gan_weight': 0.0, 'method.dm_normalize': False,
+      'method.reg_weight': 0.0})
   assert (method.normalize_ratio, method.normalize_h, method.ratio_ema) == (True, True, 0.0)
   assert (method.logit_clamp, method.ratio_clip) == (10.0, (0.1, 20.0))
   n = N_SAMPLES // 8

@@ -33,7 +33,9 @@ f-distill, 128 for DMD, 640 for DMD2; smoke: K x 32).
 
 The recipe (all objectives): generator, fake score and discriminator at lr 1e-3, Adam
 with b1 = 0, 20000 steps, generator EMAs 0.99 and 0.999 (sampling and eval use the
-longest, 0.999), and for f-distill and DMD2 the GAN term at weight 0.1. Measured over
+longest, 0.999), and for f-distill and DMD2 the GAN term at weight 0.1 and DMD's paired
+regression at weight 1 on 8192 (noise, teacher ODE output) pairs (not for multi-step
+students, whose renoised chains are not functions of the pair's noise). Measured over
 3 training seeds in experiments/results/distill_recipe_unequal8.md (the probes that
 chose it are listed there) and distill_recipe_wide8.md (wide8 was not tuned on).
 """
@@ -61,8 +63,13 @@ PER_UPDATE_BATCH, SMOKE_PER_UPDATE_BATCH = 128, 32
 NUM_STEPS = 20000
 # What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
 # DMD keeps disc_weight 1 (unused without a discriminator).
-OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0), 'f_distill': dict(gan_weight=GAN_WEIGHT),
-                       'dmd2': dict(gan_weight=GAN_WEIGHT)}
+# f-distill and DMD2 also keep DMD's paired regression, at weight REG_WEIGHT, on
+# NUM_PAIRS teacher pairs: it pins each mode's mass, which the GAN-sharpened one-step map
+# otherwise lets slosh between neighbouring modes (distill_recipe_unequal8.md).
+REG_WEIGHT, NUM_PAIRS = 1.0, 8192
+OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0),
+                       'f_distill': dict(gan_weight=GAN_WEIGHT, reg_weight=REG_WEIGHT),
+                       'dmd2': dict(gan_weight=GAN_WEIGHT, reg_weight=REG_WEIGHT)}
 
 
 def unequal8_params(radius: float = 2.0, std: float = 0.15,
@@ -93,7 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict(dict(analytic='data', workdir='', params={},
                                              ema=''))
   c.method = common.method('distill', divergence='js', lr_generator=1e-3,
-                           lr_fake_score=1e-3, lr_discriminator=1e-3, gan_weight=GAN_WEIGHT)
+                           lr_fake_score=1e-3, lr_discriminator=1e-3, gan_weight=GAN_WEIGHT,
+                           reg_weight=REG_WEIGHT, num_pairs=NUM_PAIRS)
   c.optim.update(lr=1e-3, b1=0.0, grad_clip=10.0, ema_decays=(0.99, 0.999))
   c.train.update(num_steps=NUM_STEPS, batch_size=PER_UPDATE_BATCH, log_every=100, eval_every=2000,
                  ckpt_every=2000)
@@ -116,5 +124,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.apply_variant(c, arg, edits, 'distill toy2d', smoke_edit=_smoke)
   for head in heads:  # disc_weight follows the head again (gensuite.methods.defaults)
     common.rebuild_method(c, drop=('disc_weight',), disc_head=head)
+  if c.method.gen_steps > 1 and c.method.objective != 'dmd':
+    # A multi-step chain renoises between its steps, so its output is not a function of
+    # a pair's noise: regressing it onto the teacher's ODE endpoint would blur it.
+    c.method.reg_weight = 0.0
   c.train.batch_size *= c.method.fake_updates  # one part per inner update
   return c
