@@ -51,20 +51,22 @@ def class_masses(extractor, x, log_w):
 def kde_jumps(energy, walkers, log_w, ref, bandwidths, data_noise, seed, steps=20):
   """Acceptance of independence-MH steps with the data-KDE proposal, from the weighted
   walkers resampled; also their and the noisy data's distance to the nearest digit."""
-  flat = jnp.asarray(ref.reshape(ref.shape[0], -1))
+  ref = jnp.asarray(ref)
+  flat = ref.reshape(ref.shape[0], -1)
+
+  def sq_dists(x):  # (len(x), len(ref)) squared distances to the digits
+    return jnp.sum((x.reshape(x.shape[0], 1, -1) - flat[None]) ** 2, -1)
 
   def nearest(x):
-    d2 = jnp.sum((x.reshape(x.shape[0], 1, -1) - flat[None]) ** 2, -1)
-    return float(jnp.sqrt(jnp.mean(jnp.min(d2, 1))))
+    return float(jnp.sqrt(jnp.mean(jnp.min(sq_dists(x), 1))))
 
   def log_q(x, s):  # up to the same constant for x and x'
-    d2 = jnp.sum((x.reshape(x.shape[0], 1, -1) - flat[None]) ** 2, -1)
-    return jax.scipy.special.logsumexp(-d2 / (2 * s * s), 1)
+    return jax.scipy.special.logsumexp(-sq_dists(x) / (2 * s * s), 1)
 
   key = jax.random.PRNGKey(seed)
   idx = jax.random.categorical(key, jnp.asarray(log_w), shape=(walkers.shape[0],))
   x0 = jnp.asarray(walkers)[idx]
-  noisy = jnp.asarray(ref) + data_noise * jax.random.normal(jax.random.fold_in(key, 1),
+  noisy = ref + data_noise * jax.random.normal(jax.random.fold_in(key, 1),
                                                             ref.shape)
   out = {'walker_nearest': nearest(x0), 'noisy_data_nearest': nearest(noisy[:500]),
          'walker_energy': float(jnp.mean(energy(x0))),
@@ -74,7 +76,7 @@ def kde_jumps(energy, walkers, log_w, ref, bandwidths, data_noise, seed, steps=2
     for i in range(steps):
       k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 100 + i), 3)
       j = jax.random.randint(k1, (x.shape[0],), 0, ref.shape[0])
-      xp = jnp.asarray(ref)[j] + s * jax.random.normal(k2, x.shape)
+      xp = ref[j] + s * jax.random.normal(k2, x.shape)
       log_a = energy(x) - energy(xp) + log_q(x, s) - log_q(xp, s)
       acc = jnp.log(jax.random.uniform(k3, log_a.shape)) < log_a
       accepted.append(float(jnp.mean(acc)))
@@ -141,18 +143,17 @@ def main():
   for w in args.runs.split(','):
     step, est, rows, data_masses = measure(w, args.temps, args.chains, args.seed, extractor,
                                            bandwidths)
+    name = w.rstrip('/').split('/')[-1]
     wk, a = rows['walkers'], rows.get('AIS')
     if a is None:  # --temps=0: no AIS
-      lines.append(f'| {w.rstrip("/").split("/")[-1]} | {step} | {est} | {wk["log_z"]:.2f} '
-                   f'({wk["ess"]:.0f}/{wk["n"]}) | - | - | {wk["energy"]:.2f} / - |')
-      masses.append((w.rstrip('/').split('/')[-1], rows, data_masses))
-      continue
-    gap = (wk['log_z'] - a['log_z']) / a['stderr']
-    lines.append(f'| {w.rstrip("/").split("/")[-1]} | {step} | {est} | {wk["log_z"]:.2f} '
-                 f'({wk["ess"]:.0f}/{wk["n"]}) | {a["log_z"]:.2f} +- {a["stderr"]:.2f} '
-                 f'({a["ess"]:.0f}/{a["n"]}) | {gap:+.1f} | {wk["energy"]:.2f} / '
-                 f'{a["energy"]:.2f} |')
-    masses.append((w.rstrip('/').split('/')[-1], rows, data_masses))
+      ais = '- | - | ' + f'{wk["energy"]:.2f} / -'
+    else:
+      gap = (wk['log_z'] - a['log_z']) / a['stderr']
+      ais = (f'{a["log_z"]:.2f} +- {a["stderr"]:.2f} ({a["ess"]:.0f}/{a["n"]}) | {gap:+.1f} | '
+             f'{wk["energy"]:.2f} / {a["energy"]:.2f}')
+    lines.append(f'| {name} | {step} | {est} | {wk["log_z"]:.2f} ({wk["ess"]:.0f}/{wk["n"]}) | '
+                 f'{ais} |')
+    masses.append((name, rows, data_masses))
   lines += ['', 'Class masses (digits classifier on the Tweedie-denoised weighted points):',
             '', '| run | set | ' + ' | '.join(str(k) for k in range(10)) + ' |',
             '|---|---|' + '---|' * 10]
