@@ -337,7 +337,8 @@ def test_backward_simulation_marginals():
 
 @pytest.mark.parametrize('arg, overrides', [
     ('dmd,smoke', {}), ('dmd2,multistep,smoke', {}),
-    ('f_distill,js,smoke', {'method.reg_weight': 0.5})])  # the regression on any objective
+    ('f_distill,js,smoke', {'method.reg_weight': 0.5}),  # the regression on any objective
+    ('dmd,smoke', {'method.reg_loss': 'pseudo_huber'})])
 def test_variants_train_with_finite_losses(arg, overrides):
   method = _method(arg, **overrides)
   data = data_lib.build(method.config.data, seed=0, global_batch_size=64)
@@ -356,11 +357,36 @@ def test_variants_train_with_finite_losses(arg, overrides):
   assert x.shape == (16, 2) and np.all(np.isfinite(x))
 
 
+def test_pseudo_huber_regression_distance():
+  """sqrt(|d|^2 + c^2) - c per pair: |d|^2 / 2c near 0, |d| - c far out, gradient norm < 1."""
+  method = _method('dmd,smoke', **{'method.reg_loss': 'pseudo_huber', 'method.reg_huber_c': 0.1})
+  target = jnp.zeros((3, 2))
+  pred = jnp.array([[3e-3, -4e-3], [3.0, 4.0], [30.0, -40.0]])
+  dist = np.asarray(method.regression_distance(pred, target))
+  np.testing.assert_allclose(dist[0], 25e-6 / 0.2, rtol=1e-3)  # quadratic near 0
+  np.testing.assert_allclose(dist[1:], [np.sqrt(25.01) - 0.1, np.sqrt(2500.01) - 0.1],
+                             rtol=1e-6)
+  grad = jax.grad(lambda p: jnp.sum(method.regression_distance(p, target)))(pred)
+  norms = np.linalg.norm(np.asarray(grad), axis=1)
+  assert np.all(norms < 1) and norms[2] > 0.9999
+  # c = 0 takes iCT's 0.00054 sqrt(dim); 'l2' stays the mean squared error over dims.
+  auto = _method('dmd,smoke', **{'method.reg_loss': 'pseudo_huber'})
+  c = 0.00054 * np.sqrt(2)
+  np.testing.assert_allclose(np.asarray(auto.regression_distance(pred, target))[1],
+                             np.sqrt(25 + c * c) - c, rtol=1e-6)
+  l2 = _method('dmd,smoke')
+  np.testing.assert_allclose(np.asarray(l2.regression_distance(pred, target))[1], 12.5)
+
+
 def test_config_errors(tmp_path):
   with pytest.raises(ConfigError, match='needs a teacher'):
     _method('smoke', **{'teacher.analytic': ''})
   with pytest.raises(ConfigError, match='reg_weight must be >= 0'):
     _method('smoke', **{'method.reg_weight': -1.0})
+  with pytest.raises(ConfigError, match="unknown method.reg_loss 'l1'; allowed: l2, pseudo_huber"):
+    _method('smoke', **{'method.reg_loss': 'l1'})
+  with pytest.raises(ConfigError, match='reg_huber_c must be >= 0'):
+    _method('smoke', **{'method.reg_huber_c': -1.0})
   with pytest.raises(ConfigError, match='holds no run'):
     _method('smoke', **{'teacher.analytic': '', 'teacher.workdir': '/nonexistent/run'})
   with pytest.raises(ConfigError, match='Gaussian mixture'):

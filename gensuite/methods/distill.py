@@ -64,8 +64,10 @@ Objectives (method.objective):
              once in init by the teacher's deterministic Heun sampler (pair_steps
              levels, 2 pair_steps - 1 NFE) and kept in state.extra (so in the
              checkpoints of the workdir); Yin et al. 2024 use LPIPS, which needs
-             weights we do not have. The other objectives take the same paired
-             regression when reg_weight > 0 (default 0 for them).
+             weights we do not have; method.reg_loss='pseudo_huber' replaces the
+             squared error by iCT's pseudo-Huber distance (method.reg_huber_c). The
+             other objectives take the same paired regression when reg_weight > 0
+             (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
              head on the fake score's bottleneck and optional backward simulation.
 The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
@@ -105,6 +107,13 @@ NETS = ('generator', 'fake_score', 'discriminator')
 # method.generator_schedule: the generator's own LR schedule ('' = config.optim.schedule);
 # the fake score and discriminator keep optim's, so they go on tracking the generator.
 GENERATOR_SCHEDULES = ('constant', 'cosine')
+# method.reg_loss: the paired regression's distance. 'l2' is the mean squared error over
+# the sample's dimensions; 'pseudo_huber' is sqrt(|d|^2 + c^2) - c on the whole sample
+# (Song & Dhariwal 2023, iCT), whose gradient in the student's output has norm < 1: a pair
+# whose teacher output the one-step map cannot reach (a noise near the boundary between
+# two modes) pulls no harder than any other, so the map is not dragged into the gap
+# between the modes.
+REG_LOSSES = ('l2', 'pseudo_huber')
 
 
 def _bcast(v, x):
@@ -167,6 +176,11 @@ class Distill(Method):
       raise ConfigError('method.gan_weight > 0 needs a discriminator: set '
                         'method.disc_head to one of '
                         + ', '.join(h for h in DISC_HEADS if h != 'none'))
+    self.reg_loss = choice(mc, 'reg_loss', REG_LOSSES)
+    self.reg_huber_c = float(mc.reg_huber_c)
+    if self.reg_huber_c < 0:
+      raise ConfigError(f'method.reg_huber_c must be >= 0 (0: iCT\'s 0.00054 sqrt(dim)), '
+                        f'got {self.reg_huber_c}')
     self.num_pairs = int(mc.num_pairs)
     self.pair_steps = int(mc.pair_steps)
     self.reg_batch = int(mc.reg_batch)
@@ -492,11 +506,20 @@ class Distill(Method):
       k_idx, k_chain = jax.random.split(k_reg)
       idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
       pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain, per_example=False)
-      reg = jnp.mean(_mean_dims((pred - extra['pair_target'][idx])**2))
+      reg = jnp.mean(self.regression_distance(pred, extra['pair_target'][idx]))
       metrics['reg_loss'] = reg
       loss = loss + self.reg_weight * reg
     metrics['generator_loss'] = loss
     return loss, (metrics, running)
+
+  def regression_distance(self, pred, target):
+    """Per-pair distance of the paired regression (method.reg_loss)."""
+    diff = pred - target
+    if self.reg_loss == 'l2':
+      return _mean_dims(diff**2)
+    dim = int(np.prod(diff.shape[1:]))
+    c = self.reg_huber_c or 0.00054 * np.sqrt(dim)
+    return jnp.sqrt(jnp.sum(diff.reshape(diff.shape[0], -1)**2, axis=1) + c * c) - c
 
   # ---- the Method interface ------------------------------------------------------
 
