@@ -237,7 +237,7 @@ def test_each_inner_update_trains_on_its_own_part_of_the_batch():
   inner = method.fake_loss
 
   def spy(trainable, gen_params, batch, rng):
-    jax.debug.callback(lambda x: seen.append(np.asarray(x)), batch['x'])
+    jax.debug.callback(lambda x: seen.append(np.asarray(x)), batch['x'], ordered=True)
     return inner(trainable, gen_params, batch, rng)
 
   method.fake_loss = spy

@@ -582,12 +582,16 @@ class Distill(Method):
       metrics['l2_grads_fake'] = optax.global_norm(grads)
       return (new, new_opt), metrics
 
-    trainable = {n: state.params[n] for n in fake_names}
-    opt = {n: state.opt_state[n] for n in fake_names}
-    (trainable, opt), fake_metrics = jax.lax.scan(
-        fake_update, (trainable, opt),
-        (jax.random.split(k_fake, self.fake_updates), parts))
-    fake_metrics = jax.tree.map(jnp.mean, fake_metrics)
+    carry = ({n: state.params[n] for n in fake_names},
+             {n: state.opt_state[n] for n in fake_names})
+    # Unrolled, not a lax.scan: K is small (1-5), and XLA:CPU ran a U-Net step inside a
+    # scan 5.8x slower than unrolled (digits DMD, K = 1: 4.43 s against 0.76 s).
+    fake_metrics = []
+    for key, i in zip(jax.random.split(k_fake, self.fake_updates), range(self.fake_updates)):
+      carry, m = fake_update(carry, (key, jax.tree.map(lambda v, i=i: v[i], parts)))
+      fake_metrics.append(m)
+    trainable, opt = carry
+    fake_metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *fake_metrics)
     gen_batch = jax.tree.map(lambda v: v[0], parts)
     grads, (gen_metrics, running) = self.loss_grads(
         lambda p, b, r: self.generator_loss(p, trainable, b, r, state.extra), gen_params,
