@@ -141,6 +141,12 @@ def test_method_section_is_the_familys_defaults_plus_overrides(path):
         divergence='forward_kl', fake_updates=2, num_pairs=64)),
     ('configs/distill/toy2d.py', 'dmd2,f_distill', dict(
         divergence='js', fake_updates=4, disc_head='separate', disc_weight=1.0)),
+    ('configs/distill/digits.py', '', dict(
+        objective='dmd', divergence='reverse_kl', fake_updates=1, disc_head='none',
+        reg_weight=0.25, num_pairs=512)),
+    ('configs/distill/digits.py', 'f_distill', dict(
+        divergence='js', fake_updates=4, disc_head='separate', gan_weight=3e-3,
+        reg_weight=0.0)),
     ('configs/distill/digits.py', 'dmd', dict(
         divergence='reverse_kl', fake_updates=1, disc_head='none', gan_weight=0.0,
         disc_weight=1.0, reg_weight=0.25, num_pairs=512, lr_generator=2e-5)),

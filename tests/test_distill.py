@@ -660,7 +660,7 @@ def test_class_conditional_run_teacher_with_a_feature_head(tmp_path, head):
   from gensuite import train  # pylint: disable=g-import-not-at-top
   teacher_dir, student_dir = str(tmp_path / 'teacher'), str(tmp_path / 'student')
   train.run(diffusion_digits.get_config('cond,smoke'), teacher_dir)
-  config = digits.get_config(f'cond,{head},smoke')
+  config = digits.get_config(f'f_distill,cond,{head},smoke')
   config.teacher.workdir = teacher_dir
   config.method.fake_updates = 2
   config.train.batch_size = 32

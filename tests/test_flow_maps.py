@@ -504,3 +504,32 @@ def test_eval_reports_the_nfe_it_sampled_with_after_an_override():
   config.sampler.steps = 2
   assert method.evaluate(None, None, data)[0]['nfe'] == 2
   assert method.sample_steps == 2
+
+
+@pytest.mark.slow  # a smoke EDM run, then its sCD student
+def test_scd_distills_a_diffusion_run(tmp_path):
+  """configs/flow_maps/digits.py:scd with a (smoke) EDM digits run as teacher: the
+  tangent's velocity is the teacher's PF-ODE velocity (cos t x_t - D(x_t / cos t,
+  sigma_d tan t)) / sin t, and the student trains through gensuite.train.run and samples
+  in 1 and 2 steps."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  from configs.diffusion import digits as diffusion_digits  # pylint: disable=g-import-not-at-top
+  from configs.flow_maps import digits  # pylint: disable=g-import-not-at-top
+  from gensuite import train  # pylint: disable=g-import-not-at-top
+  teacher_dir, student_dir = str(tmp_path / 'teacher'), str(tmp_path / 'student')
+  train.run(diffusion_digits.get_config('smoke'), teacher_dir)
+  config = digits.get_config('scd,smoke')
+  config.teacher.workdir = teacher_dir
+  train.run(config, student_dir)
+  run = gensuite.load_run(student_dir)
+  assert run.step == config.train.num_steps
+  method, sd = run.method, run.method.sigma_d
+  x = sd * jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  t = jnp.full((4,), 0.7)
+  c, s = math.cos(0.7), math.sin(0.7)
+  d = method.teacher.denoiser(x / c, jnp.full((4,), sd * math.tan(0.7)))
+  np.testing.assert_allclose(method.velocity(x, x, x, t, None), (c * x - d) / s,
+                             rtol=1e-4, atol=1e-4)
+  for steps in (1, 2):
+    y = run.sample(jax.random.PRNGKey(1), 8, steps=steps)
+    assert y.shape == (8, 8, 8, 1) and np.all(np.isfinite(y))

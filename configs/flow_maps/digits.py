@@ -7,7 +7,10 @@
   gensuite eval --workdir=runs/meanflow_digits --metrics=fd_digits,kid_digits
 
 Variant tokens (comma-separated, any order):
-  method: meanflow (default), scm (sCT), shortcut
+  method: meanflow (default), scm (sCT), scd (sCM distilled from a trained diffusion /
+          flow-matching run: the tangent takes the teacher's PF-ODE velocity; the
+          teacher is config.teacher.workdir, runs/edm_digits by default, as
+          configs/distill/digits.py), shortcut
   dit:    the transformer backbone (gensuite.nets.DiT: 2x2 patches of the 8x8 image, 16
           tokens, width 128, 4 blocks, 4 heads, time_scale 10) instead of the U-Net
   cond:   class-conditional with 10% label dropout. MeanFlow also bakes guidance into
@@ -38,7 +41,7 @@ from configs import common
 from gensuite import config as config_lib
 
 METHODS = ('meanflow', 'scm', 'shortcut')
-TOKENS = METHODS + ('cond', 'dit', 'smoke')
+TOKENS = METHODS + ('scd', 'cond', 'dit', 'smoke')
 # 3000 steps of batch 128, as configs/diffusion/digits.py: about 1.5 steps/s on 2 CPU
 # cores (the JVP costs about a second forward and backward), so about 35 minutes.
 NUM_STEPS = 3000
@@ -91,6 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = 'digits'
   c.net = _net()
   c.method = common.method('meanflow', **DIGITS_METHOD['meanflow'])
+  # sCD's teacher (gensuite.methods.teachers), read only by the scd token's method.
+  c.teacher = ml_collections.ConfigDict(dict(analytic='', workdir='runs/edm_digits',
+                                             params={}, ema=''))
   # Constant lr after warmup, as configs/diffusion/digits.py: a run can be extended.
   c.optim.update(lr=1e-3, schedule='constant', warmup_steps=200, ema_decays=(0.999,))
   c.train.update(num_steps=NUM_STEPS, batch_size=128, log_every=100, eval_every=500,
@@ -101,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   conditional = []  # applied after the other tokens, to whichever method they chose
   edits = {
       **{m: _use(m) for m in METHODS},
+      'scd': lambda c: (_use('scm')(c), common.setter(**{'method.training': 'scd'})(c)),
       'cond': lambda c: conditional.append(True),
       'dit': _dit,
   }
