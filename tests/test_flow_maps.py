@@ -384,6 +384,10 @@ def test_config_errors():
     _method('meanflow,smoke', **{'method.coupling': 'sinkhorn'})
   with pytest.raises(ConfigError, match="coupling='ot' pairs noise and data over the whole"):
     _method('scm,smoke', **{'method.coupling': 'ot', 'train.grad_accum': 2})
+  for arg in ('scm,smoke', 'scd,smoke'):  # sCT has no teacher; the toy's is analytic
+    with pytest.raises(ConfigError, match="init_from_teacher=True starts the student from "
+                       "a trained run's network"):
+      _method(arg, **{'method.init_from_teacher': True})
 
 
 @pytest.mark.parametrize('solver, gap', [('exact', 1e-9), ('sinkhorn', 0.05)])
@@ -520,6 +524,7 @@ def test_scd_distills_a_diffusion_run(tmp_path):
   train.run(diffusion_digits.get_config('smoke'), teacher_dir)
   config = digits.get_config('scd,smoke')
   config.teacher.workdir = teacher_dir
+  config.method.init_from_teacher = False  # the token's default is True: first from scratch
   train.run(config, student_dir)
   run = gensuite.load_run(student_dir)
   assert run.step == config.train.num_steps
@@ -533,3 +538,24 @@ def test_scd_distills_a_diffusion_run(tmp_path):
   for steps in (1, 2):
     y = run.sample(jax.random.PRNGKey(1), 8, steps=steps)
     assert y.shape == (8, 8, 8, 1) and np.all(np.isfinite(y))
+  # Started from the teacher (method.init_from_teacher): its initial consistency
+  # function is the teacher's denoiser, f(x_t, t) = D(x_t / cos t, sigma_d tan t), at
+  # small and large t; F is minus the EDM teacher's raw net (same sigma_d), so F = -(D -
+  # c_skip x) / c_out; and the student trains, resumes from the run's own checkpoint
+  # and samples.
+  config.method.init_from_teacher = True
+  warm = methods.build(config, run.experiment.data.spec, gensuite.load_run)
+  state = warm.init(jax.random.PRNGKey(0), {'x': x})
+  params = state.params['net']
+  for tv in (0.01, 0.7, warm.t_max):
+    t = jnp.full((4,), tv)
+    c, s, sig = math.cos(tv), math.sin(tv), sd * math.tan(tv)
+    d = warm.teacher.denoiser(x / c, jnp.full((4,), sig))
+    np.testing.assert_allclose(warm.f(params, x, t), d, rtol=1e-4, atol=2e-4)
+    c_skip, c_out = sd**2 / (sig**2 + sd**2), sig * sd / math.sqrt(sig**2 + sd**2)
+    np.testing.assert_allclose(warm.F(params, x, t), -(d - c_skip * x / c) / c_out,
+                               rtol=1e-3, atol=1e-3)
+  warm_dir = str(tmp_path / 'warm')
+  train.run(config, warm_dir)
+  y = gensuite.load_run(warm_dir).sample(jax.random.PRNGKey(1), 8, steps=2)
+  assert y.shape == (8, 8, 8, 1) and np.all(np.isfinite(y))

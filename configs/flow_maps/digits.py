@@ -10,7 +10,8 @@ Variant tokens (comma-separated, any order):
   method: meanflow (default), scm (sCT), scd (sCM distilled from a trained diffusion /
           flow-matching run: the tangent takes the teacher's PF-ODE velocity; the
           teacher is config.teacher.workdir, runs/edm_digits by default, as
-          configs/distill/digits.py), shortcut
+          configs/distill/digits.py; the student is the teacher's network started
+          from its weights, method.init_from_teacher, trained at lr 1e-4), shortcut
   dit:    the transformer backbone (gensuite.nets.DiT: 2x2 patches of the 8x8 image, 16
           tokens, width 128, 4 blocks, 4 heads, time_scale 10) instead of the U-Net
   cond:   class-conditional with 10% label dropout. MeanFlow also bakes guidance into
@@ -51,6 +52,9 @@ DIGITS_METHOD = {
     'scm': dict(sigma_data=0.5, tangent_warmup=NUM_STEPS // 10),
     'shortcut': dict(),
 }
+# sCD starts from the teacher's weights (method.init_from_teacher), so it fine-tunes at
+# a tenth of the from-scratch lr.
+SCD_LR = 1e-4
 # MeanFlow's training-time guidance with labels: effective scale 1.0 / (1 - 1/3) = 1.5.
 COND_GUIDANCE = dict(cfg_omega=1.0, cfg_kappa=1.0 / 3.0)
 
@@ -66,6 +70,12 @@ def _use(name):
   def edit(c):
     c.method = common.method(name, **DIGITS_METHOD[name])
   return edit
+
+
+def _scd(c: ml_collections.ConfigDict) -> None:
+  _use('scm')(c)
+  c.method.update(training='scd', init_from_teacher=True)
+  c.optim.lr = SCD_LR
 
 
 def _cond(c: ml_collections.ConfigDict) -> None:
@@ -107,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   conditional = []  # applied after the other tokens, to whichever method they chose
   edits = {
       **{m: _use(m) for m in METHODS},
-      'scd': lambda c: (_use('scm')(c), common.setter(**{'method.training': 'scd'})(c)),
+      'scd': _scd,
       'cond': lambda c: conditional.append(True),
       'dit': _dit,
   }

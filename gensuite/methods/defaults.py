@@ -72,7 +72,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         training='sct', sigma_data=0.5, p_mean=-1.0, p_std=1.4, tangent_warmup=10000,
         tangent_norm_c=0.1, prior_weighting='tan', sigma_max=80.0, mid_t=1.1,
         weight_hidden=64, class_conditional=False, label_dropout=0.0,
-        teacher_cfg_scale=1.0, ect_stage_steps=25000, **FLOW_MAP_COUPLING),
+        teacher_cfg_scale=1.0, init_from_teacher=False, ect_stage_steps=25000,
+        **FLOW_MAP_COUPLING),
     'shortcut': dict(
         max_steps=128, bootstrap_every=4, bootstrap_target='online', target_clip=4.0,
         class_conditional=False, label_dropout=0.0, **FLOW_MAP_COUPLING),

@@ -32,7 +32,10 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             dx/dt = cos t z - sin t x for sCT (training='sct'); for sCD
             (training='scd') it is the teacher's PF-ODE velocity (cos t x_t - D)/sin t,
             D the teacher's denoiser at sigma = sigma_d tan t (config.teacher, as
-            distillation reads it: an analytic mixture or a run's workdir).
+            distillation reads it: an analytic mixture or a run's workdir). With
+            init_from_teacher (a run teacher) the student is the teacher's network
+            from its weights, F = (cos t x_t / sigma_d - D(x_t / cos t, sigma_d tan t)
+            / sigma_d) / sin t, so f = D at the start (sCM's initialisation).
             training='ect' is ECT's discrete-time consistency (Geng et al., arXiv
             2406.14548) on the same parametrisation, in EDM sigma units (sigma =
             sigma_d tan t): sigma ~ LogNormal(p_mean, p_std), r = max(0, sigma (1 -
@@ -157,14 +160,16 @@ class FlowMap(Method):
   def extra_params(self, rng) -> dict:
     return {}
 
+  def init_net_params(self, rng, x, t, label):
+    kw = {'second_time': t} if self.uses_second_time else {}
+    return self.net.init({'params': rng, 'dropout': rng}, x, t, label=label, **kw)['params']
+
   def init(self, rng, batch) -> TrainState:
     x = batch['x']
     label = batch.get('label') if self.conditional else None
     t = jnp.zeros((x.shape[0],), x.dtype)
-    kw = {'second_time': t} if self.uses_second_time else {}
     k_net, k_extra = jax.random.split(rng)
-    params = {'net': self.net.init({'params': k_net, 'dropout': k_net}, x, t, label=label,
-                                   **kw)['params'],
+    params = {'net': self.init_net_params(k_net, x, t, label),
               **self.extra_params(k_extra)}
     return TrainState.create(params, self.tx, self.ema_decays, phema_stds=self.phema_stds)
 
@@ -341,6 +346,31 @@ class SCM(FlowMap):
     if self.training == 'scd':
       self.teacher = teachers.build(config, data_spec, load_run)
     self.cfg_scale = float(mc.teacher_cfg_scale)
+    self.from_teacher = bool(mc.init_from_teacher)
+    if self.from_teacher and (self.teacher is None or not self.teacher.has_network):
+      raise ConfigError("method.init_from_teacher=True starts the student from a trained "
+                        "run's network: it needs method.training='scd' and a run teacher "
+                        "(config.teacher.workdir), not an analytic one")
+
+  def init_net_params(self, rng, x, t, label):
+    if self.from_teacher:  # a copy, so donating the state never frees the teacher's
+      return jax.tree_util.tree_map(jnp.array, self.teacher.params)
+    return super().init_net_params(rng, x, t, label)
+
+  def apply(self, params, x, t, second=None, label=None, train=False, rng=None):
+    """F(x, t) on x = x_t / sigma_d. From the teacher (init_from_teacher), the
+    teacher's architecture with `params` read through TrigFlow's change of variables:
+    its denoiser D at sigma = sigma_d tan t of x_t / cos t is the consistency function
+    f, so F = (cos t x - D / sigma_d) / sin t (for an EDM teacher with the same
+    sigma_d, exactly minus its raw network: Lu & Song 2024, §2). A single sample step
+    of the initial student is then the teacher's one-step denoiser."""
+    if not self.from_teacher:
+      return super().apply(params, x, t, second, label, train, rng)
+    del second, train, rng  # a run teacher's denoiser has no dropout at eval
+    tb = _bcast(t, x)
+    d = self.teacher.apply(params, self.sigma_d * x / jnp.cos(tb), self.sigma_d * jnp.tan(t),
+                           label)
+    return (jnp.cos(tb) * x - d / self.sigma_d) / jnp.sin(tb)
 
   def extra_params(self, rng):
     if self.training == 'ect':  # no adaptive weighting: the unsquared norm is ECT's
