@@ -159,4 +159,4 @@ def digits_unet(channels: int = 32) -> ml_collections.ConfigDict:
   """The small U-Net the digits configs use (8x8 images: two levels, attention at 4x4)."""
   return ml_collections.ConfigDict(dict(
       name='unet', channels=channels, channel_mult=(1, 2), num_res_blocks=1,
-      attn_resolutions=(4,), dropout=0.0))
+      attn_resolutions=(4,), dropout=0.0, time_scale=1000.0))
