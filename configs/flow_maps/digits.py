@@ -9,9 +9,14 @@
 Variant tokens (comma-separated, any order):
   method: meanflow (default), scm (sCT), scd (sCM distilled from a trained diffusion /
           flow-matching run: the tangent takes the teacher's PF-ODE velocity; the
-          teacher is config.teacher.workdir, runs/edm_digits by default, as
-          configs/distill/digits.py; the student is the teacher's network started
-          from its weights, method.init_from_teacher, trained at lr 1e-4), shortcut
+          teacher is config.teacher.workdir; the student is the teacher's network
+          started from its weights, method.init_from_teacher, trained at lr 1e-4.
+          The teacher needs a slow time embedding: with the digits U-Net's
+          time_scale 1000 the tangent's time derivative blows up and the one-step
+          map stays at the data mean, so the token's default teacher is
+          runs/edm_digits_ts10, `gensuite train --config=configs/diffusion/digits.py
+          --workdir=runs/edm_digits_ts10 --config.net.time_scale=10`;
+          experiments/results/few_step.md), shortcut
   dit:    the transformer backbone (gensuite.nets.DiT: 2x2 patches of the 8x8 image, 16
           tokens, width 128, 4 blocks, 4 heads, time_scale 10) instead of the U-Net
   cond:   class-conditional with 10% label dropout. MeanFlow also bakes guidance into
@@ -55,6 +60,7 @@ DIGITS_METHOD = {
 # sCD starts from the teacher's weights (method.init_from_teacher), so it fine-tunes at
 # a tenth of the from-scratch lr.
 SCD_LR = 1e-4
+SCD_TEACHER = 'runs/edm_digits_ts10'  # an EDM digits run with net.time_scale = 10
 # MeanFlow's training-time guidance with labels: effective scale 1.0 / (1 - 1/3) = 1.5.
 COND_GUIDANCE = dict(cfg_omega=1.0, cfg_kappa=1.0 / 3.0)
 
@@ -75,6 +81,7 @@ def _use(name):
 def _scd(c: ml_collections.ConfigDict) -> None:
   _use('scm')(c)
   c.method.update(training='scd', init_from_teacher=True)
+  c.teacher.workdir = SCD_TEACHER
   c.optim.lr = SCD_LR
 
 
