@@ -15,7 +15,7 @@ The default is DMD with DMD2's GAN term (one fake-score update per generator upd
 paired regression weight 0.25 on 512 teacher Heun-35 pairs, a classifier head on the
 fake score's U-Net bottleneck trained on noisy real vs student samples, generator GAN
 weight 3e-3) for NUM_STEPS = 2500 steps, about 25 minutes a run on 2 CPU cores. Over 3
-training seeds its one-step fd_digits is DMD_GAN_FD against the teacher's 3.21 at 35
+training seeds its one-step fd_digits is 4.69 +- 0.54 against the teacher's 3.21 at 35
 NFE (2000 samples); without the GAN term (--config.method.disc_head=none
 --config.method.gan_weight=0) it was 6.71 +- 0.94 (experiments/results/distill_digits.md).
 Variant tokens (comma-separated): dmd (the default), f_distill (JS; a separate
@@ -45,7 +45,7 @@ NUM_STEPS = 2500
 # What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
 # DMD adds DMD2's GAN term (a head on the fake score's bottleneck, generator weight
 # 3e-3, head weight 1e-2) to its one fake-score update and paired regression: over 3
-# seeds it took the one-step fd_digits from 6.71 +- 0.94 to DMD_GAN_FD (2000 samples,
+# seeds it took the one-step fd_digits from 6.71 +- 0.94 to 4.69 +- 0.54 (2000 samples,
 # experiments/results/distill_digits.md); DMD2 keeps the separate discriminator (not a
 # head on the fake score), so its disc_weight stays 1.
 DMD_GAN = dict(disc_head='fake_score', gan_weight=3e-3, disc_weight=1e-2)
