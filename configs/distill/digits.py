@@ -14,7 +14,8 @@ and fake score are the teacher's U-Net, initialised from its weights.
 The default is DMD with DMD2's GAN term (one fake-score update per generator update,
 paired regression weight 0.25 on 512 teacher Heun-35 pairs, a classifier head on the
 fake score's U-Net bottleneck trained on noisy real vs student samples, generator GAN
-weight 3e-3) for NUM_STEPS = 2500 steps, about 25 minutes a run on 2 CPU cores. Over 3
+weight 3e-3) for NUM_STEPS = 2500 steps: 1.1-1.5 steps/s on 2 CPU cores shared with
+another job, about 30-35 minutes a run. Over 3
 training seeds its one-step fd_digits is 4.69 +- 0.54 against the teacher's 3.21 at 35
 NFE (2000 samples); without the GAN term (--config.method.disc_head=none
 --config.method.gan_weight=0) it was 6.71 +- 0.94 (experiments/results/distill_digits.md).
