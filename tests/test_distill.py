@@ -450,6 +450,47 @@ def test_generator_schedule_decays_only_the_generator():
     np.testing.assert_allclose(-np.asarray(updates['w']), lr, rtol=1e-3)
 
 
+def test_cosine_regression_schedule_weights_the_paired_loss_by_step():
+  """method.reg_schedule='cosine': the regression weight is reg_weight at step 0,
+  reg_weight x (reg_final + (1 - reg_final)/2) half way and reg_weight x reg_final at
+  train.num_steps; the generator's loss at a step is the constant-weight loss with that
+  weight (same key, same pairs), and its gradient follows."""
+  overrides = {'method.reg_weight': 0.8, 'method.reg_final': 0.25, 'train.num_steps': 100,
+               'method.gan_weight': 0.0}
+  cosine = _method('dmd,smoke', **overrides, **{'method.reg_schedule': 'cosine'})
+  weights = [float(cosine.reg_weight_at(s)) for s in (0, 50, 100, 400)]
+  np.testing.assert_allclose(weights, [0.8, 0.8 * (0.25 + 0.75 * 0.5), 0.2, 0.2], rtol=1e-6)
+  data = data_lib.build(cosine.config.data, seed=0, global_batch_size=16)
+  batch = jax.tree.map(jnp.asarray, data.batch(0))
+  state = jax.jit(cosine.init)(jax.random.PRNGKey(0), batch)
+  others = {n: p for n, p in state.params.items() if n != 'generator'}
+  key = jax.random.PRNGKey(3)
+
+  def loss(method, params, step):
+    return method.generator_loss(params, others, batch, key, state.extra, step)
+
+  (l_cos, (m_cos, _)) = loss(cosine, state.params['generator'], jnp.int32(50))
+  np.testing.assert_allclose(float(m_cos['reg_weight']), weights[1], rtol=1e-6)
+  for step, weight in ((50, weights[1]), (100, 0.2)):
+    const = _method('dmd,smoke', **{**overrides, 'method.reg_weight': weight})
+    l_c, (m_c, _) = loss(const, state.params['generator'], None)
+    l_s, (m_s, _) = loss(cosine, state.params['generator'], jnp.int32(step))
+    np.testing.assert_allclose(float(l_s), float(l_c), rtol=1e-5)
+    np.testing.assert_allclose(float(m_s['reg_loss']), float(m_c['reg_loss']), rtol=1e-6)
+    g_s = jax.grad(lambda p, c=cosine, s=step: loss(c, p, jnp.int32(s))[0])(
+        state.params['generator'])
+    g_c = jax.grad(lambda p, c=const: loss(c, p, None)[0])(state.params['generator'])
+    for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_c)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+  assert 'reg_weight' not in loss(_method('dmd,smoke', **overrides),
+                                  state.params['generator'], jnp.int32(50))[1][0]
+  with pytest.raises(ConfigError, match="unknown method.reg_schedule 'step'; allowed: "
+                     'constant, cosine'):
+    _method('dmd,smoke', **{'method.reg_schedule': 'step'})
+  with pytest.raises(ConfigError, match=r'method.reg_final is a fraction .* in \[0, 1\], got 1.5'):
+    _method('dmd,smoke', **{'method.reg_final': 1.5})
+
+
 @pytest.mark.parametrize('flag, message', [
     ('--config.teacher.analytic=', 'needs a teacher'),
     ('--config.method.disc_head=bogus', "unknown method.disc_head 'bogus'; allowed: separate, "

@@ -65,9 +65,10 @@ Objectives (method.objective):
              levels, 2 pair_steps - 1 NFE) and kept in state.extra (so in the
              checkpoints of the workdir); Yin et al. 2024 use LPIPS, which needs
              weights we do not have; method.reg_loss='pseudo_huber' replaces the
-             squared error by iCT's pseudo-Huber distance (method.reg_huber_c). The
-             other objectives take the same paired regression when reg_weight > 0
-             (default 0 for them).
+             squared error by iCT's pseudo-Huber distance (method.reg_huber_c);
+             method.reg_schedule='cosine' decays the weight to reg_final x reg_weight
+             over train.num_steps. The other objectives take the same paired
+             regression when reg_weight > 0 (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
              head on the fake score's bottleneck and optional backward simulation.
 The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
@@ -114,6 +115,12 @@ GENERATOR_SCHEDULES = ('constant', 'cosine')
 # two modes) pulls no harder than any other, so the map is not dragged into the gap
 # between the modes.
 REG_LOSSES = ('l2', 'pseudo_huber')
+# method.reg_schedule: the paired regression's weight over training. 'constant' keeps
+# method.reg_weight; 'cosine' takes it from reg_weight at step 0 to reg_weight * reg_final
+# at train.num_steps on a half cosine, so the regression fixes the generator's partition
+# of its noise among the modes early and the distribution-matching loss alone sharpens it
+# late (the regression onto a fixed set of teacher outputs costs sharpness).
+REG_SCHEDULES = ('constant', 'cosine')
 
 
 def _bcast(v, x):
@@ -181,6 +188,11 @@ class Distill(Method):
     if self.reg_huber_c < 0:
       raise ConfigError(f'method.reg_huber_c must be >= 0 (0: iCT\'s 0.00054 sqrt(dim)), '
                         f'got {self.reg_huber_c}')
+    self.reg_schedule = choice(mc, 'reg_schedule', REG_SCHEDULES)
+    self.reg_final = float(mc.reg_final)
+    if not 0.0 <= self.reg_final <= 1.0:
+      raise ConfigError(f'method.reg_final is a fraction of method.reg_weight in [0, 1], got '
+                        f'{self.reg_final}')
     self.num_pairs = int(mc.num_pairs)
     self.pair_steps = int(mc.pair_steps)
     self.reg_batch = int(mc.reg_batch)
@@ -277,6 +289,7 @@ class Distill(Method):
                           f'net {config.net.name!r} has none (use mlp or unet, or '
                           "disc_head='separate')")
     num_steps = int(config.train.num_steps)
+    self.num_train_steps = num_steps
     gen_schedule = str(mc.generator_schedule)
     if gen_schedule and gen_schedule not in GENERATOR_SCHEDULES:
       raise ConfigError(f'unknown method.generator_schedule {gen_schedule!r}; allowed: '
@@ -459,8 +472,17 @@ class Distill(Method):
     running = jnp.where(count > 0, updated, running)
     return r / running[bins], running
 
-  def generator_loss(self, gen_params, others, batch, rng, extra):
-    """The generator's objective; returns (loss, (metrics, new running ratio means))."""
+  def reg_weight_at(self, step):
+    """The paired regression's weight at `step` (method.reg_schedule)."""
+    if self.reg_schedule == 'constant' or step is None:
+      return jnp.float32(self.reg_weight)
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(self.num_train_steps, 1), 0.0, 1.0)
+    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.float32(self.reg_weight) * (self.reg_final + (1.0 - self.reg_final) * decay)
+
+  def generator_loss(self, gen_params, others, batch, rng, extra, step=None):
+    """The generator's objective; returns (loss, (metrics, new running ratio means)).
+    `step` (the state's, before this update) sets the regression weight's schedule."""
     shape = batch['x'].shape
     n = shape[0]
     k_z, k_sim, k_k, k_s, k_e, k_reg, k_lab = jax.random.split(rng, 7)
@@ -508,7 +530,10 @@ class Distill(Method):
       pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain, per_example=False)
       reg = jnp.mean(self.regression_distance(pred, extra['pair_target'][idx]))
       metrics['reg_loss'] = reg
-      loss = loss + self.reg_weight * reg
+      weight = self.reg_weight_at(step)
+      if self.reg_schedule != 'constant':
+        metrics['reg_weight'] = weight
+      loss = loss + weight * reg
     metrics['generator_loss'] = loss
     return loss, (metrics, running)
 
@@ -595,7 +620,8 @@ class Distill(Method):
     fake_metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *fake_metrics)
     gen_batch = jax.tree.map(lambda v: v[0], parts)
     grads, (gen_metrics, running) = self.loss_grads(
-        lambda p, b, r: self.generator_loss(p, trainable, b, r, state.extra), gen_params,
+        lambda p, b, r: self.generator_loss(p, trainable, b, r, state.extra, state.step),
+        gen_params,
         gen_batch, k_gen)
     new_gen, gen_opt = self._update('generator', gen_params, state.opt_state['generator'],
                                     grads)
