@@ -143,15 +143,15 @@ def test_method_section_is_the_familys_defaults_plus_overrides(path):
         divergence='js', fake_updates=4, disc_head='separate', disc_weight=1.0)),
     ('configs/distill/digits.py', '', dict(
         objective='dmd', divergence='reverse_kl', fake_updates=1, disc_head='fake_score',
-        gan_weight=3e-3, disc_weight=1e-2, reg_weight=0.25, num_pairs=512)),
+        gan_weight=1e-2, disc_weight=1e-2, reg_weight=0.25, num_pairs=512)),
     ('configs/distill/digits.py', 'f_distill', dict(
         divergence='js', fake_updates=4, disc_head='separate', gan_weight=3e-3,
         reg_weight=0.0)),
     ('configs/distill/digits.py', 'dmd', dict(
-        divergence='reverse_kl', fake_updates=1, disc_head='fake_score', gan_weight=3e-3,
+        divergence='reverse_kl', fake_updates=1, disc_head='fake_score', gan_weight=1e-2,
         disc_weight=1e-2, reg_weight=0.25, num_pairs=512, lr_generator=2e-5)),
     ('configs/distill/digits.py', 'dmd,teacher_head', dict(
-        disc_head='teacher_features', gan_weight=3e-3, disc_weight=1.0)),
+        disc_head='teacher_features', gan_weight=1e-2, disc_weight=1.0)),
     ('configs/distill/digits.py', 'dmd2', dict(
         fake_updates=5, disc_head='separate', gan_weight=3e-3, disc_weight=1.0)),
     ('configs/distill/digits.py', 'dmd2,smoke', dict(fake_updates=1, reg_batch=8)),
