@@ -14,11 +14,12 @@ and fake score are the teacher's U-Net, initialised from its weights.
 The default is DMD with DMD2's GAN term (one fake-score update per generator update,
 paired regression weight 0.25 on 512 teacher Heun-35 pairs, a classifier head on the
 fake score's U-Net bottleneck trained on noisy real vs student samples, generator GAN
-weight 1e-2; generator EMAs 0.99 / 0.995 / 0.998, sampled with 0.998) for NUM_STEPS = 2500 steps: 1.1-1.5 steps/s on 2 CPU cores shared with
-another job, about 30-35 minutes a run. Over 3
-training seeds its one-step fd_digits is 4.69 +- 0.54 against the teacher's 3.21 at 35
-NFE (2000 samples); without the GAN term (--config.method.disc_head=none
---config.method.gan_weight=0) it was 6.71 +- 0.94 (experiments/results/distill_digits.md).
+weight 1e-2; generator EMAs 0.99 / 0.995 / 0.998, sampled with 0.998) for NUM_STEPS =
+2500 steps: about 0.9 steps/s on 2 CPU cores shared with another run, 47 minutes. Over
+3 training seeds its one-step fd_digits is 3.60 +- 0.29 against the teacher's 3.21 at 35 NFE
+(2000 samples); at GAN weight 3e-3 (EMA 0.99) it was 4.69 +- 0.54, without the GAN term
+(--config.method.disc_head=none --config.method.gan_weight=0) 6.71 +- 0.94
+(experiments/results/distill_digits.md).
 Variant tokens (comma-separated): dmd (the default), f_distill (JS; a separate
 discriminator U-Net whose per-pixel logits are averaged, 4 fake-score updates), dmd2
 (two time-scale rule, separate GAN head), any divergence name; fake_score_head /
@@ -43,15 +44,16 @@ OBJECTIVES = ('f_distill', 'dmd', 'dmd2')
 HEAD_TOKENS = {'fake_score_head': 'fake_score', 'teacher_head': 'teacher_features'}
 PER_UPDATE_BATCH, SMOKE_PER_UPDATE_BATCH = 64, 16
 # The generator's EMAs; eval and sample use the longest (0.998) unless told otherwise
-# (--config.eval.use_ema=0.99). Seed 0 at 2500 steps, 2000 samples: fd_digits 3.52 /
-# 3.47 / 3.35 with decays 0.99 / 0.995 / 0.998 (experiments/results/distill_digits.md).
+# (--config.eval.use_ema=0.99). Over 3 seeds at 2500 steps, 2000 samples: fd_digits
+# 3.76 +- 0.23 / 3.70 +- 0.23 / 3.60 +- 0.29 with decays 0.99 / 0.995 / 0.998
+# (experiments/results/distill_digits.md).
 EMA_DECAYS = (0.99, 0.995, 0.998)
 NUM_STEPS = 2500
 # What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
 # DMD adds DMD2's GAN term (a head on the fake score's bottleneck, head weight 1e-2) to
 # its one fake-score update and paired regression. At DMD2's generator weight 3e-3 it
 # took the one-step fd_digits from 6.71 +- 0.94 to 4.69 +- 0.54 over 3 seeds (2000
-# samples); at 1e-2, seed 0 went from 4.30 to 3.52 (EMA 0.99; 3.35 with EMA 0.998)
+# samples); at 1e-2 over the same seeds, 3.76 +- 0.23 (EMA 0.99)
 # (experiments/results/distill_digits.md). DMD2 keeps the separate discriminator (not a
 # head on the fake score), so its disc_weight stays 1.
 DMD_GAN = dict(disc_head='fake_score', gan_weight=1e-2, disc_weight=1e-2)
