@@ -476,9 +476,8 @@ class Distill(Method):
     """The paired regression's weight at `step` (method.reg_schedule)."""
     if self.reg_schedule == 'constant' or step is None:
       return jnp.float32(self.reg_weight)
-    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(self.num_train_steps, 1), 0.0, 1.0)
-    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return jnp.float32(self.reg_weight) * (self.reg_final + (1.0 - self.reg_final) * decay)
+    return optax.cosine_decay_schedule(self.reg_weight, max(self.num_train_steps, 1),
+                                       alpha=self.reg_final)(step)
 
   def generator_loss(self, gen_params, others, batch, rng, extra, step=None):
     """The generator's objective; returns (loss, (metrics, new running ratio means)).
