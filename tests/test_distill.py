@@ -491,6 +491,38 @@ def test_cosine_regression_schedule_weights_the_paired_loss_by_step():
     _method('dmd,smoke', **{'method.reg_final': 1.5})
 
 
+def test_few_step_student_regresses_its_first_step_onto_the_pair_targets():
+  """method.reg_step='first' (the default): a 4-step student's paired regression is the
+  squared error of its first step G(sigma_max z) against the teacher outputs, the same
+  whatever the chain's re-noising key; 'last' regresses the whole chain, whose output
+  moves with that key. The generator loss carries the regression at its weight."""
+  overrides = {'method.reg_weight': 0.5, 'method.gan_weight': 0.0, 'method.gen_steps': 4}
+  first = _method('dmd2,multistep,smoke', **overrides)
+  last = _method('dmd2,multistep,smoke', **overrides, **{'method.reg_step': 'last'})
+  data = data_lib.build(first.config.data, seed=0, global_batch_size=16)
+  batch = jax.tree.map(jnp.asarray, data.batch(0))
+  state = jax.jit(first.init)(jax.random.PRNGKey(0), batch)
+  params = state.params['generator']
+  noise, target = state.extra['pair_noise'][:8], state.extra['pair_target'][:8]
+  sigma_max = first.gen_sigmas[0]
+  expected = np.mean(np.sum((np.asarray(first.generator(params, sigma_max * noise,
+                                                          sigma_max, None))
+                             - np.asarray(target))**2, axis=1) / noise.shape[1])
+  for seed in (1, 2):
+    np.testing.assert_allclose(
+        float(first.regression_loss(params, noise, target, jax.random.PRNGKey(seed))),
+        expected, rtol=1e-5)
+  chain = [float(last.regression_loss(params, noise, target, jax.random.PRNGKey(seed)))
+           for seed in (1, 2)]
+  assert chain[0] != chain[1] and abs(chain[0] - expected) > 1e-6 * abs(expected)
+  np.testing.assert_allclose(
+      chain[0], np.mean((np.asarray(last.generate(params, noise, jax.random.PRNGKey(1),
+                                                   per_example=False)) - np.asarray(target))**2),
+      rtol=1e-5)
+  with pytest.raises(ConfigError, match="unknown method.reg_step 'middle'; allowed: first, last"):
+    _method('dmd2,multistep,smoke', **{'method.reg_step': 'middle'})
+
+
 @pytest.mark.parametrize('flag, message', [
     ('--config.teacher.analytic=', 'needs a teacher'),
     ('--config.method.disc_head=bogus', "unknown method.disc_head 'bogus'; allowed: separate, "

@@ -67,8 +67,10 @@ Objectives (method.objective):
              weights we do not have; method.reg_loss='pseudo_huber' replaces the
              squared error by iCT's pseudo-Huber distance (method.reg_huber_c);
              method.reg_schedule='cosine' decays the weight to reg_final x reg_weight
-             over train.num_steps. The other objectives take the same paired
-             regression when reg_weight > 0 (default 0 for them).
+             over train.num_steps; a few-step student regresses its first step's
+             output (method.reg_step='first'; 'last': the whole chain). The other
+             objectives take the same paired regression when reg_weight > 0
+             (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
              head on the fake score's bottleneck and optional backward simulation.
 The generator loss is 0.5 mean (x0 - sg(x0 - g))^2 (DMD2's pseudo-loss; its gradient
@@ -121,6 +123,14 @@ REG_LOSSES = ('l2', 'pseudo_huber')
 # of its noise among the modes early and the distribution-matching loss alone sharpens it
 # late (the regression onto a fixed set of teacher outputs costs sharpness).
 REG_SCHEDULES = ('constant', 'cosine')
+# method.reg_step: which output of a few-step student (method.gen_steps > 1) the paired
+# regression pulls onto the teacher's ODE endpoint of the pair's noise. 'first': the
+# first step, G(sigma_max z), a deterministic function of z; backward simulation trains
+# every step's output to be a data sample, so this is the one-step student's regression
+# and it fixes how the chain's first step shares its noise among the modes. 'last': the
+# whole chain, whose re-noising draws make its output a random function of z, so the
+# regression pulls it towards their mean (a blur). With gen_steps = 1 the two agree.
+REG_STEPS = ('first', 'last')
 
 
 def _bcast(v, x):
@@ -190,6 +200,7 @@ class Distill(Method):
                         f'got {self.reg_huber_c}')
     self.reg_schedule = choice(mc, 'reg_schedule', REG_SCHEDULES)
     self.reg_final = float(mc.reg_final)
+    self.reg_step = choice(mc, 'reg_step', REG_STEPS)
     if not 0.0 <= self.reg_final <= 1.0:
       raise ConfigError(f'method.reg_final is a fraction of method.reg_weight in [0, 1], got '
                         f'{self.reg_final}')
@@ -526,8 +537,8 @@ class Distill(Method):
     if self.reg_weight > 0:
       k_idx, k_chain = jax.random.split(k_reg)
       idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
-      pred = self.generate(gen_params, extra['pair_noise'][idx], k_chain, per_example=False)
-      reg = jnp.mean(self.regression_distance(pred, extra['pair_target'][idx]))
+      reg = self.regression_loss(gen_params, extra['pair_noise'][idx],
+                                 extra['pair_target'][idx], k_chain)
       metrics['reg_loss'] = reg
       weight = self.reg_weight_at(step)
       if self.reg_schedule != 'constant':
@@ -535,6 +546,13 @@ class Distill(Method):
       loss = loss + weight * reg
     metrics['generator_loss'] = loss
     return loss, (metrics, running)
+
+  def regression_loss(self, gen_params, noise, target, rng):
+    """Mean distance of the student's output on pair noises to their teacher outputs:
+    the first step's output, or the whole chain's with `rng`'s re-noising (reg_step)."""
+    k = 0 if self.reg_step == 'first' else None
+    pred = self.generate(gen_params, noise, rng, k=k, per_example=False)
+    return jnp.mean(self.regression_distance(pred, target))
 
   def regression_distance(self, pred, target):
     """Per-pair distance of the paired regression (method.reg_loss)."""
