@@ -136,7 +136,8 @@ def test_method_section_is_the_familys_defaults_plus_overrides(path):
         disc_weight=1.0, reg_weight=0.25)),
     ('configs/distill/toy2d.py', 'multistep,forward_kl,dmd2', dict(
         divergence='reverse_kl', fake_updates=5, disc_head='fake_score', gan_weight=0.1,
-        disc_weight=1e-2, reg_weight=0.0, gen_steps=4, lr_fake_score=1e-3)),
+        disc_weight=1e-2, reg_weight=1.0, reg_schedule='constant', gen_steps=4,
+        lr_fake_score=1e-3)),
     ('configs/distill/toy2d.py', 'dmd2,forward_kl,smoke', dict(
         divergence='forward_kl', fake_updates=2, num_pairs=64)),
     ('configs/distill/toy2d.py', 'dmd2,f_distill', dict(
