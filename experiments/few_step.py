@@ -41,8 +41,10 @@ check planned steps were 0.6 .. 1.6 x those taken). `train s` is the loop's wall
 `train steps` the steps it took. --steps=N trains exactly N steps instead (no budget).
 A finished run is saved (checkpoint, config.json and few_step.json) under
 --workdir/<data>[_smoke]/<budget<B>s | steps<N>>/<row>/seed<s>; running the script
-again only evaluates finished runs. A run cut short (killed) has no few_step.json and
-is trained again from scratch: resuming would not give equal wall time.
+again only evaluates finished runs (--train_only=1,2 trains just those seeds and prints
+no table, so several processes can share one row's seeds). A run cut short (killed) has
+no few_step.json and is trained again from scratch: resuming would not give equal wall
+time.
 
 Evaluation is deterministic: every trained run is sampled with the same key (PRNGKey
 --eval_seed) and compared with one fixed draw of --num data points; the EMA params
@@ -334,6 +336,10 @@ def main():
                  help='seconds of the step-time probe (default: 5%% of the budget, 2 .. 30)')
   p.add_argument('--workdir', default='/tmp/few_step')
   p.add_argument('--out', default='', help='also write the table to this markdown file')
+  p.add_argument('--train_only', default='',
+                 help='comma-separated seeds: train these seeds of each trained row, print '
+                      'no table (spreads one row over several processes; a later run '
+                      'without it evaluates every finished seed)')
   args = p.parse_args()
   if args.seeds < 1 or (args.steps <= 0 and args.budget_s <= 0):
     p.error('need --seeds >= 1 and a positive --budget_s or --steps')
@@ -342,6 +348,12 @@ def main():
   if unknown:
     p.error(f'unknown rows {unknown}; allowed: {", ".join(ROWS)}')
   probe_s = args.probe_s or min(max(0.05 * args.budget_s, 2.0), 30.0)
+  try:
+    train_only = [int(v) for v in args.train_only.split(',') if v.strip()]
+  except ValueError:
+    p.error(f'--train_only takes comma-separated seeds, got {args.train_only!r}')
+  if any(not 0 <= v < args.seeds for v in train_only):
+    p.error(f'--train_only seeds must be in 0..{args.seeds - 1} (--seeds), got {train_only}')
   tag = f'steps{args.steps}' if args.steps else f'budget{args.budget_s:g}s'
   root = os.path.join(args.workdir, args.data + ('_smoke' if args.smoke else ''), tag)
   os.makedirs(root, exist_ok=True)
@@ -352,6 +364,15 @@ def main():
   ref = np.asarray(mixture.sample(jax.random.fold_in(eval_key, 10**6), args.num))
   bandwidth = distances.median_bandwidth(ref)
   use_ema = args.params == 'ema'
+
+  if train_only:
+    for row in (r for r in rows if r in TRAINED):
+      for seed in train_only:
+        info = train_run(row, args.data, seed, args.smoke, os.path.join(root, row, f'seed{seed}'),
+                         args.budget_s, args.steps, args.sync_every, probe_s)
+        print(f'  {row} seed {seed}: {info["train_steps"]} steps in {info["train_s"]:.1f} s',
+              flush=True)
+    return
 
   results = {}
   if 'data' in rows:
