@@ -70,9 +70,9 @@ NUM_STEPS = 20000
 # The regression's weight decays on a half cosine to REG_FINAL of itself by the last
 # step (method.reg_schedule): early it fixes how the noise is shared among the modes,
 # late the distribution-matching and GAN terms sharpen each mode, which the regression
-# onto the teacher's fixed outputs otherwise holds back (DMD2 on unequal8, one seed:
-# on_mode 0.965 / TV 0.018 / nll 0.96 at step 20000 against 0.946 / 0.012 / 1.24 at a
-# constant weight; decayed to 0, TV 0.028: the masses slosh again).
+# onto the teacher's fixed outputs otherwise holds back (unequal8, 3 seeds, 1 NFE: nll
+# 1.11-1.14 against 1.22-1.24 at a constant weight, on_mode 0.950-0.952; one DMD2 seed
+# decayed to 0 instead of 0.2: TV 0.028, the masses slosh again).
 REG_WEIGHT, NUM_PAIRS, REG_SCHEDULE, REG_FINAL = 1.0, 8192, 'cosine', 0.2
 REG = dict(reg_weight=REG_WEIGHT, reg_schedule=REG_SCHEDULE, reg_final=REG_FINAL)
 OBJECTIVE_OVERRIDES = {'dmd': dict(disc_weight=1.0, reg_schedule='constant'),
@@ -133,11 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for head in heads:  # disc_weight follows the head again (gensuite.methods.defaults)
     common.rebuild_method(c, drop=('disc_weight',), disc_head=head)
   if c.method.gen_steps > 1 and c.method.objective != 'dmd':
-    # A few-step student regresses its first step (method.reg_step), at the full weight
-    # throughout: its later steps sharpen the samples, the regression keeps the first
-    # step's share of the noise per mode (one f-distill JS seed, 4 NFE: on_mode 0.983,
-    # mode-mass TV 0.015-0.027 over steps 12000-20000, against 0.973 +- 0.016 and
-    # 0.047 +- 0.016 over 3 seeds without the regression).
+    # A few-step student regresses its first step (method.reg_step) at the full weight
+    # throughout (DMD2, 3 seeds, 4 NFE: on_mode 0.983 +- 0.001, TV 0.037 +- 0.012,
+    # against 0.965 +- 0.016 and 0.074 +- 0.021 without the regression;
+    # distill_multistep_unequal8.md).
     c.method.reg_schedule = 'constant'
   c.train.batch_size *= c.method.fake_updates  # one part per inner update
   return c
