@@ -316,11 +316,18 @@ def test_default_ratio_pipeline_with_the_exact_logit():
       np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-3)
 
 
-def test_backward_simulation_marginals():
+@pytest.mark.parametrize('gen_sigmas', [(), (80.0, 1.0, 0.3, 0.05)])
+def test_backward_simulation_marginals(gen_sigmas):
   """§5 check 4: k = 0 feeds pure noise sigma_0 z; with the exact posterior-mean
-  generator of N(0, s^2) data, step k's input has variance c^2 v + sigma_k^2."""
+  generator of N(0, s^2) data, step k's input has variance c^2 v + sigma_k^2. On the
+  grid's every K-th level by default, or on the levels method.gen_sigmas gives."""
   s = 1.0
-  method = _method('dmd2,multistep,smoke', **_gaussian_data([0.0], s))
+  method = _method('dmd2,multistep,smoke', **_gaussian_data([0.0], s),
+                   **{'method.gen_sigmas': gen_sigmas})
+  if gen_sigmas:
+    np.testing.assert_allclose(method.gen_sigmas, gen_sigmas, rtol=1e-6)
+  else:  # every 250th of the 1000 Karras levels
+    np.testing.assert_allclose(method.gen_sigmas, method.levels[[0, 250, 500, 750]])
   method.generator = lambda p, x, sigma, label=None: s**2 / (s**2 + sigma**2) * x
   z = jax.random.normal(jax.random.PRNGKey(0), (N_SAMPLES, 1))
   sig = np.asarray(method.gen_sigmas, np.float64)
@@ -402,6 +409,10 @@ def test_config_errors(tmp_path):
     _method('dmd,smoke', **{'method.divergence': 'js'})
   with pytest.raises(ConfigError, match='gen_steps'):
     _method('smoke', **{'sampler.steps': 2})
+  for bad in ((80.0, 1.0), (80.0, 1.0, 1.0, 0.1), (40.0, 1.0, 0.3, 0.1), (80.0, 1.0, 0.3, 1e-4)):
+    with pytest.raises(ConfigError, match=r'method.gen_sigmas=.* must be 4 levels '
+                       r'\(method.gen_steps\), the first sigma_max=80, strictly decreasing'):
+      _method('multistep,smoke', **{'method.gen_sigmas': bad})
   with pytest.raises(ConfigError, match=r'teacher makes data of shape \(3,\) but config.data '
                      r"'gaussian_mixture' has shape \(2,\)"):
     _method('smoke', **{'teacher.analytic': 'gaussian_mixture',

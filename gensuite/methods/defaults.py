@@ -50,7 +50,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         sigma_min=0.002, sigma_max=80.0,
         rho=7.0, num_levels=1000, t_range=(0.02, 0.98), logit_clamp=10.0,
         ratio_clip=(0.1, 20.0), ratio_bins=10, ratio_ema=0.0, normalize_ratio=True,
-        normalize_h=True, dm_normalize=True, gen_steps=1, sigma_data=0.0,
+        normalize_h=True, dm_normalize=True, gen_steps=1, gen_sigmas=(), sigma_data=0.0,
         init_from_teacher=True, lr_generator=0.0, lr_fake_score=0.0,
         lr_discriminator=0.0, generator_schedule='', fake_per_step=True, head_width=64,
         class_conditional=False, teacher_cfg_scale=1.0),

@@ -17,7 +17,8 @@ so keep tracking the generator), and an EMA of the generator only
 The generator is a denoiser G(x, sigma) (ALGORITHMS.md §0, VE frame): one step is
 x0 = G(sigma_max z, sigma_max); with method.gen_steps = K > 1 it is DMD2's few-step
 generator on the levels sigma_k of the 1000-level Karras grid at indices
-k * 1000 / K, re-noising x0 + sigma_{k+1} eps between steps, and training uses
+k * 1000 / K (or method.gen_sigmas), re-noising x0 + sigma_{k+1} eps between steps,
+and training uses
 backward simulation (a step k drawn per batch, its input produced by the current
 generator from pure noise; the fake score and discriminator then take the step k as
 part of their label, class * K + k, so they model each step's output law and not the
@@ -131,6 +132,30 @@ REG_SCHEDULES = ('constant', 'cosine')
 # whole chain, whose re-noising draws make its output a random function of z, so the
 # regression pulls it towards their mean (a blur). With gen_steps = 1 the two agree.
 REG_STEPS = ('first', 'last')
+
+
+def chain_sigmas(levels, gen_steps: int, given=()):
+  """The noise levels a gen_steps-step student's chain starts its steps at.
+
+  By default every gen_steps-th level of the Karras grid `levels` (descending) from
+  sigma_max: with 4 steps and the default grid, sigma 80, 17.5, 2.50, 0.17. `given`
+  (method.gen_sigmas) sets them instead: gen_steps levels, the first sigma_max (the
+  first step sees pure noise sigma_max z, as the teacher's ODE starts), strictly
+  decreasing, the last above sigma_min. Re-noising a step's output at a level far above
+  the data's mode spacing forgets which mode that step chose; lower later levels keep it.
+  """
+  levels = np.asarray(levels)
+  if not given:
+    return levels[[k * len(levels) // gen_steps for k in range(gen_steps)]]
+  sig = np.asarray(given, np.float64)
+  hi, lo = float(levels[0]), float(levels[-1])
+  if (len(sig) != gen_steps or not np.isclose(sig[0], hi) or np.any(np.diff(sig) >= 0)
+      or sig[-1] < lo):
+    raise ConfigError(f'method.gen_sigmas={tuple(given)} must be {gen_steps} levels '
+                      f'(method.gen_steps), the first sigma_max={hi:g}, strictly '
+                      f'decreasing, the last >= sigma_min={lo:g}; or () for every '
+                      f'{gen_steps}-th level of the grid')
+  return sig.astype(levels.dtype)
 
 
 def _bcast(v, x):
@@ -255,8 +280,7 @@ class Distill(Method):
     self.gen_steps = int(mc.gen_steps)
     if self.gen_steps < 1:
       raise ConfigError(f'method.gen_steps must be >= 1, got {self.gen_steps}')
-    idx = [k * self.num_levels // self.gen_steps for k in range(self.gen_steps)]
-    self.gen_sigmas = self.levels[idx]
+    self.gen_sigmas = chain_sigmas(self.levels, self.gen_steps, tuple(mc.gen_sigmas))
     if self.sample_steps > self.gen_steps:
       raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
                         f'student\'s method.gen_steps={self.gen_steps}')
