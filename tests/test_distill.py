@@ -747,6 +747,7 @@ def test_class_conditional_run_teacher_with_a_feature_head(tmp_path, head):
   config = digits.get_config(f'f_distill,cond,{head},smoke')
   config.teacher.workdir = teacher_dir
   config.method.fake_updates = 2
+  config.method.teacher_cfg_scale = 1.5  # the token's default is 1 (unguided)
   config.train.batch_size = 32
   spec = data_lib.build(config.data, seed=0, global_batch_size=32).spec
   method = distill.Distill(config, spec, load_run=gensuite.load_run)
