@@ -19,7 +19,7 @@ Rows (--rows picks a subset by name):
   fdistill_neyman, fdistill_alpha
                 the other f-divergences' one-step students (reverse KL, softened
                 reverse KL, squared Hellinger, Jeffreys, Pearson, Neyman, alpha);
-  fdistill_js_4, dmd2_4
+  fdistill_js_4, fdistill_fkl_4, dmd2_4
                 4-step students (the `multistep` token: the generator is trained
                 for 4 steps with backward simulation), sampled with 4 NFE.
 By default the flow maps and the fdistill_js and dmd2 students run (DEFAULT_ROWS).
@@ -100,6 +100,7 @@ TRAINED = {
     'dmd': (distill_toy2d, 'dmd', (1,)),
     'dmd2': (distill_toy2d, 'dmd2', (1,)),
     'fdistill_js_4': (distill_toy2d, 'f_distill,js,multistep', (4,)),
+    'fdistill_fkl_4': (distill_toy2d, 'f_distill,forward_kl,multistep', (4,)),
     'dmd2_4': (distill_toy2d, 'dmd2,multistep', (4,)),
     # The other f-divergences of configs/distill/toy2d.py (the divergence table).
     **{f'fdistill_{row}': (distill_toy2d, f'f_distill,{token}', (1,))
@@ -112,7 +113,8 @@ LABELS = {'data': 'data (exact draws)', 'teacher': 'teacher (exact, Heun)',
           'meanflow': 'MeanFlow', 'scm': 'sCM (sCT)', 'shortcut': 'shortcut',
           'fdistill_js': 'f-distill JS (student)', 'fdistill_fkl': 'f-distill fwd KL (student)',
           'dmd': 'DMD (student)', 'dmd2': 'DMD2 (student)',
-          'fdistill_js_4': 'f-distill JS, 4-step student', 'dmd2_4': 'DMD2, 4-step student',
+          'fdistill_js_4': 'f-distill JS, 4-step student',
+          'fdistill_fkl_4': 'f-distill fwd KL, 4-step student', 'dmd2_4': 'DMD2, 4-step student',
           'fdistill_rkl': 'f-distill reverse KL (student)',
           'fdistill_srkl': 'f-distill softened reverse KL (student)',
           'fdistill_hellinger': 'f-distill squared Hellinger (student)',

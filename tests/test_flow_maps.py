@@ -253,10 +253,18 @@ def test_scd_velocity_is_the_teachers_pf_ode_velocity():
   np.testing.assert_allclose(v, _trig_v(x, t, sd), rtol=1e-4, atol=1e-4)
 
 
-def test_scm_one_and_two_step_samples_of_the_exact_function():
+@pytest.mark.parametrize('sampler_mid_t', [None, 0.6])
+def test_scm_one_and_two_step_samples_of_the_exact_function(sampler_mid_t):
   """One step: f(sd z, t_max) is the exact ODE map from t_max; two steps re-noise to
-  mid_t and map again, which leaves the law N(mu, s^2) exactly."""
+  mid_t (method.mid_t, or config.sampler.mid_t as `gensuite sample/eval` may set it on
+  a trained run) and map again, which leaves the law N(mu, s^2) exactly."""
   method = _scm()
+  mid_t = method.mid_t
+  if sampler_mid_t is not None:
+    with method.config.unlocked():
+      method.config.sampler.mid_t = sampler_mid_t
+    mid_t = sampler_mid_t
+  assert method.times(2)[1] == mid_t and method.times(3)[2] == mid_t / 2
   sd = method.sigma_d
   method.F = lambda params, x, t, label=None: _exact_F(x / sd, t, sd)
   with jax.enable_x64(True):
@@ -270,14 +278,24 @@ def test_scm_one_and_two_step_samples_of_the_exact_function():
     # Its law: x1 = mu (1 - a) + b z (a, b from t_max), then f at mid_t of the re-noised
     # x1, which is N(mu, s^2) up to the same t_max offset: moments in closed form.
     _, s_max = _trig(jnp.float64(method.t_max), sd)
-    _, s_mid = _trig(jnp.float64(method.mid_t), sd)
+    _, s_mid = _trig(jnp.float64(mid_t), sd)
     a, b, c = S / s_max * math.cos(method.t_max), S / s_max * sd, S / s_mid
-    cm, sm = math.cos(method.mid_t), math.sin(method.mid_t)
+    cm, sm = math.cos(mid_t), math.sin(mid_t)
     mean, std = MU - c * cm * a * MU, c * math.sqrt(cm**2 * b**2 + sm**2 * sd**2)
     se = std / math.sqrt(z.size)
     assert abs(float(jnp.mean(x2)) - mean) < 4 * se, (float(jnp.mean(x2)), mean)
     assert abs(float(jnp.std(x2)) - std) < 4 * se, (float(jnp.std(x2)), std)
     assert abs(mean - MU) < 0.01 and abs(std - S) < 0.01
+
+
+@pytest.mark.parametrize('bad', [0.0, -0.3, 1.6])
+def test_scm_sampler_mid_t_out_of_range_is_refused(bad):
+  """config.sampler.mid_t outside (0, t_max): one line naming the range."""
+  method = _scm()
+  with method.config.unlocked():
+    method.config.sampler.mid_t = bad
+  with pytest.raises(config_lib.ConfigError, match=r'config.sampler.mid_t must be in \(0, 1\.5'):
+    method.check_sampler()
 
 
 def test_ect_r_schedule_matches_the_reference_values():

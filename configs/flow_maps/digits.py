@@ -38,8 +38,9 @@ default; the pixels' std is about 0.8, as EDM on digits keeps it) and a tangent
 warm-up of a tenth of training. The methods are their own samplers:
 config.sampler.steps is the number of network calls (1; `gensuite eval
 --config.sampler.steps=2` for two; a shortcut model takes powers of two), the name is
-not read. The eval logs fd_digits / kid_digits / precision_digits / recall_digits, as
-the other digits configs do.
+not read; sCM's later steps start at TrigFlow time method.mid_t (1.1, sCM's value),
+which `--config.sampler.mid_t=T` changes on a trained run. The eval logs fd_digits /
+kid_digits / precision_digits / recall_digits, as the other digits configs do.
 """
 import ml_collections
 

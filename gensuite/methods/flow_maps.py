@@ -341,6 +341,7 @@ class SCM(FlowMap):
     if not 0.0 < self.mid_t < self.t_max:
       raise ConfigError(f'method.mid_t must be in (0, {self.t_max:.4f}) (TrigFlow time of '
                         f'the second step), got {self.mid_t}')
+    self.sampling_mid_t()
     self.weight_net = _TimeWeight(int(mc.weight_hidden))
     self.teacher = None
     if self.training == 'scd':
@@ -466,9 +467,26 @@ class SCM(FlowMap):
     return loss, {'loss': loss, 'mse': jnp.mean(mse), 'tangent_rms': jnp.mean(g_rms),
                   'tangent_warmup': jnp.asarray(w, jnp.float32)}
 
+  def sampling_mid_t(self) -> float:
+    """The second step's time: config.sampler.mid_t when set (`gensuite sample/eval
+    --config.sampler.mid_t=T` on a trained run), else method.mid_t."""
+    given = self.config.sampler.get('mid_t', None)
+    mid = self.mid_t if given is None else float(given)
+    if not 0.0 < mid < self.t_max:
+      raise ConfigError(f'config.sampler.mid_t must be in (0, {self.t_max:.4f}) (TrigFlow '
+                        f'time of the second step), got {mid}')
+    return mid
+
+  def check_sampler(self, load_guide: bool = False) -> None:
+    super().check_sampler(load_guide)
+    if hasattr(self, 'mid_t'):  # the constructor checks it once its times are known
+      self.sampling_mid_t()
+
   def times(self, steps: int) -> np.ndarray:
-    """The sampling times: t_max, then steps - 1 times from mid_t linearly towards 0."""
-    mids = [self.mid_t * (steps - 1 - j) / (steps - 1) for j in range(steps - 1)]
+    """The sampling times: t_max, then steps - 1 times from the second step's time
+    (sampling_mid_t) linearly towards 0."""
+    mid_t = self.sampling_mid_t()
+    mids = [mid_t * (steps - 1 - j) / (steps - 1) for j in range(steps - 1)]
     return np.asarray([self.t_max] + mids, np.float64)
 
   def generate(self, params, z, steps, label, rng):
