@@ -298,6 +298,40 @@ def test_scm_sampler_mid_t_out_of_range_is_refused(bad):
     method.check_sampler()
 
 
+def test_scm_sampler_t_start_moves_the_first_step():
+  """config.sampler.t_start: the first step is the exact map f(sd z, t_start) (the noise
+  read as x at t_start), the second still re-noises to mid_t; t_max by default."""
+  method = _scm()
+  assert method.times(1)[0] == method.t_max
+  with method.config.unlocked():
+    method.config.sampler.t_start = 1.3
+    method.config.sampler.mid_t = 0.9
+  np.testing.assert_array_equal(method.times(2), [1.3, 0.9])
+  sd = method.sigma_d
+  method.F = lambda params, x, t, label=None: _exact_F(x / sd, t, sd)
+  with jax.enable_x64(True):
+    z = jax.random.normal(jax.random.PRNGKey(0), (1000, 2), jnp.float64)
+    x1 = method.generate(None, z, 1, None, jax.random.PRNGKey(1))
+    t = jnp.full((z.shape[0],), 1.3, jnp.float64)
+    np.testing.assert_allclose(x1, _exact_f(sd * z, t, sd), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('bad', [0.0, -0.3, 1.6])
+def test_scm_sampler_t_start_out_of_range_is_refused(bad):
+  """config.sampler.t_start outside (0, t_max], or not above mid_t: one line."""
+  method = _scm()
+  with method.config.unlocked():
+    method.config.sampler.t_start = bad
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config.sampler.t_start must be in \(0, 1\.5\d+\]'):
+    method.check_sampler()
+  with method.config.unlocked():
+    method.config.sampler.t_start = 1.0
+    method.config.sampler.mid_t = 1.2
+  with pytest.raises(config_lib.ConfigError, match='must be below the first step'):
+    method.times(2)
+
+
 def test_ect_r_schedule_matches_the_reference_values():
   """ECT's r(t) (ALGORITHMS.md §10, check 6) at t = 0.01, 0.5, 2, 10, 80 in stages 0
   and 3."""

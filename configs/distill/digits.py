@@ -27,8 +27,8 @@ teacher_head (the discriminator is a light head on the fake score's / the frozen
 teacher's U-Net bottleneck, DMD2's / FastGen's choice, instead of a separate U-Net);
 cond (a class-conditional student of a class-conditional teacher,
 configs/diffusion/digits.py:cond in runs/edm_digits_cond, unguided:
-method.teacher_cfg_scale = 1; seeds 0 / 1 at 2500 steps: fd_digits 2.50 / 3.01 at 1 NFE
-against the teacher's 2.87 at 35 NFE, 2000 samples; guided at 1.5 the student kept one
+method.teacher_cfg_scale = 1; seeds 0 / 1 / 2 at 2500 steps: fd_digits 2.68 +- 0.24 at
+1 NFE against the teacher's 2.87 at 35 NFE, 2000 samples; guided at 1.5 the student kept one
 or two renderings per class, 14.67); multistep (a 4-step student:
 method.gen_steps = 4 with backward simulation, sampled with 4 steps); smoke (tiny, for
 tests; pair it with a smoke teacher).

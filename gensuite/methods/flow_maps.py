@@ -342,6 +342,7 @@ class SCM(FlowMap):
       raise ConfigError(f'method.mid_t must be in (0, {self.t_max:.4f}) (TrigFlow time of '
                         f'the second step), got {self.mid_t}')
     self.sampling_mid_t()
+    self.sampling_t_start()
     self.weight_net = _TimeWeight(int(mc.weight_hidden))
     self.teacher = None
     if self.training == 'scd':
@@ -477,20 +478,35 @@ class SCM(FlowMap):
                         f'time of the second step), got {mid}')
     return mid
 
+  def sampling_t_start(self) -> float:
+    """The first step's time: config.sampler.t_start when set, else t_max =
+    arctan(sigma_max / sigma_d). Below t_max the first step reads sigma_d z as x_t,
+    ignoring the cos(t_start) x_0 part of the marginal (cos 1.5 = 0.07)."""
+    given = self.config.sampler.get('t_start', None)
+    start = self.t_max if given is None else float(given)
+    if not 0.0 < start <= self.t_max:
+      raise ConfigError(f'config.sampler.t_start must be in (0, {self.t_max:.4f}] (TrigFlow '
+                        f'time of the first step; t_max by default), got {start}')
+    return start
+
   def check_sampler(self, load_guide: bool = False) -> None:
     super().check_sampler(load_guide)
     if hasattr(self, 'mid_t'):  # the constructor checks it once its times are known
       self.sampling_mid_t()
+      self.sampling_t_start()
 
   def times(self, steps: int) -> np.ndarray:
-    """The sampling times: t_max, then steps - 1 times from the second step's time
-    (sampling_mid_t) linearly towards 0."""
-    mid_t = self.sampling_mid_t()
+    """The sampling times: t_start (t_max by default), then steps - 1 times from the
+    second step's time (sampling_mid_t) linearly towards 0."""
+    mid_t, start = self.sampling_mid_t(), self.sampling_t_start()
+    if steps > 1 and not mid_t < start:
+      raise ConfigError(f'the second step\'s time (mid_t {mid_t}) must be below the first '
+                        f'step\'s (t_start {start})')
     mids = [mid_t * (steps - 1 - j) / (steps - 1) for j in range(steps - 1)]
-    return np.asarray([self.t_max] + mids, np.float64)
+    return np.asarray([start] + mids, np.float64)
 
   def generate(self, params, z, steps, label, rng):
-    """x = f(sigma_d z, t_max); then re-noise to each next time and apply f again."""
+    """x = f(sigma_d z, t_start); then re-noise to each next time and apply f again."""
     ts = self.times(steps)
     x = self.sigma_d * z
     n = z.shape[0]
