@@ -342,6 +342,39 @@ def test_backward_simulation_marginals(gen_sigmas):
     np.testing.assert_allclose(float(jnp.var(out)), c[k]**2 * v, rtol=0.02)
 
 
+def test_sampling_chain_of_some_trained_levels():
+  """config.sampler.gen_sigmas: a sample's chain on chosen levels (here 3 of the 4
+  trained ones). With the exact posterior-mean generator of N(0, s^2) data the output
+  variance follows the same recursion over the chosen levels; bad chains are refused
+  in one line."""
+  s = 1.0
+  trained = (80.0, 1.0, 0.3, 0.05)
+  method = _method('dmd2,multistep,smoke', **_gaussian_data([0.0], s),
+                   **{'method.gen_sigmas': trained})
+  method.generator = lambda p, x, sigma, label=None: s**2 / (s**2 + sigma**2) * x
+  method.generator_params = lambda state, use_ema=True: None
+  default = method.sample(None, jax.random.PRNGKey(0), N_SAMPLES, steps=4)
+  chosen = (80.0, 1.0, 0.05)
+  with method.config.unlocked():
+    method.config.sampler.gen_sigmas = chosen
+  method.check_sampler()
+  out = method.sample(None, jax.random.PRNGKey(0), N_SAMPLES, steps=3)
+  v = chosen[0]**2
+  for k in range(1, 3):
+    v = (s**2 / (s**2 + chosen[k - 1]**2))**2 * v + chosen[k]**2
+  c = s**2 / (s**2 + chosen[2]**2)
+  np.testing.assert_allclose(float(jnp.var(out)), c**2 * v, rtol=0.02)
+  assert abs(float(jnp.var(out)) - float(jnp.var(default))) > 1e-3  # another chain
+  with pytest.raises(ConfigError, match='samples with 1..3 steps'):
+    method.sample(None, jax.random.PRNGKey(0), 8, steps=4)
+  for bad in ((40.0, 1.0), (80.0, 1.0, 1.0), (80.0, 0.3, 1.0)):
+    with method.config.unlocked():
+      method.config.sampler.gen_sigmas = bad
+    with pytest.raises(ConfigError, match=r'config.sampler.gen_sigmas=.* the first '
+                       r'sigma_max=80, strictly decreasing'):
+      method.check_sampler()
+
+
 @pytest.mark.parametrize('arg, overrides', [
     ('dmd,smoke', {}), ('dmd2,multistep,smoke', {}),
     ('f_distill,js,smoke', {'method.reg_weight': 0.5}),  # the regression on any objective

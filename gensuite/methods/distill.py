@@ -134,7 +134,7 @@ REG_SCHEDULES = ('constant', 'cosine')
 REG_STEPS = ('first', 'last')
 
 
-def chain_sigmas(levels, gen_steps: int, given=()):
+def chain_sigmas(levels, gen_steps: int, given=(), name='method.gen_sigmas'):
   """The noise levels a gen_steps-step student's chain starts its steps at.
 
   By default every gen_steps-th level of the Karras grid `levels` (descending) from
@@ -151,7 +151,7 @@ def chain_sigmas(levels, gen_steps: int, given=()):
   hi, lo = float(levels[0]), float(levels[-1])
   if (len(sig) != gen_steps or not np.isclose(sig[0], hi) or np.any(np.diff(sig) >= 0)
       or sig[-1] < lo):
-    raise ConfigError(f'method.gen_sigmas={tuple(given)} must be {gen_steps} levels '
+    raise ConfigError(f'{name}={tuple(given)} must be {gen_steps} levels '
                       f'(method.gen_steps), the first sigma_max={hi:g}, strictly '
                       f'decreasing, the last >= sigma_min={lo:g}; or () for every '
                       f'{gen_steps}-th level of the grid')
@@ -281,9 +281,11 @@ class Distill(Method):
     if self.gen_steps < 1:
       raise ConfigError(f'method.gen_steps must be >= 1, got {self.gen_steps}')
     self.gen_sigmas = chain_sigmas(self.levels, self.gen_steps, tuple(mc.gen_sigmas))
-    if self.sample_steps > self.gen_steps:
+    chain = len(self.sampling_sigmas())
+    if self.sample_steps > chain:
       raise ConfigError(f'config.sampler.steps={self.sample_steps} exceeds the '
-                        f'student\'s method.gen_steps={self.gen_steps}')
+                        f'student\'s chain of {chain} levels (method.gen_steps, or '
+                        f'config.sampler.gen_sigmas when set)')
     # Teacher, classes and networks.
     self.teacher = teachers.build(config, data_spec, load_run)
     self.sigma_data = float(mc.sigma_data or self.teacher.sigma_data)
@@ -442,18 +444,20 @@ class Distill(Method):
     bins = jnp.minimum((i - lo) * self.ratio_bins // (hi - lo + 1), self.ratio_bins - 1)
     return jnp.asarray(self.levels)[i], bins
 
-  def generate(self, gen_params, z, rng=None, k=None, label=None, per_example=True):
+  def generate(self, gen_params, z, rng=None, k=None, label=None, per_example=True,
+               sigmas=None):
     """x0 at student step k (backward simulation from pure noise; k=None: last step).
 
     With k given, the steps before k run without gradient and the last one with it.
     The re-noising draws are per example of the step's batch (gensuite.methods.rand)
-    unless per_example=False (the paired regression's own batch).
+    unless per_example=False (the paired regression's own batch). `sigmas`: the chain's
+    levels (default the trained ones, self.gen_sigmas; sampling_sigmas at sampling).
     """
     normal = rand.normal if per_example else jax.random.normal
-    sig = jnp.asarray(self.gen_sigmas)
-    k = self.gen_steps - 1 if k is None else k
+    sig = jnp.asarray(self.gen_sigmas if sigmas is None else sigmas)
+    k = sig.shape[0] - 1 if k is None else k
     x = sig[0] * z
-    if self.gen_steps > 1:
+    if sig.shape[0] > 1:
       def body(j, x):
         x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j], label))
         eps = normal(jax.random.fold_in(rng, j), x.shape, x.dtype)
@@ -687,6 +691,24 @@ class Distill(Method):
     loaded run)."""
     return int(self.config.sampler.steps)
 
+  def sampling_sigmas(self) -> np.ndarray:
+    """The levels a sample's chain starts its steps at: config.sampler.gen_sigmas when
+    set (`gensuite sample/eval --config.sampler.gen_sigmas=(...)` on a trained run),
+    else the trained chain (method.gen_sigmas). Backward simulation trains every step
+    to output the data's law, so each trained level sees data + sigma noise whatever
+    step came before it: a chain of some of the trained levels (e.g. 80, 17.5, 0.17 of
+    the default 80, 17.5, 2.50, 0.17) feeds each step the inputs it was trained on.
+    Levels the student was not trained at are extrapolation."""
+    given = tuple(self.config.sampler.get('gen_sigmas', None) or ())
+    if not given:
+      return self.gen_sigmas
+    return chain_sigmas(self.levels, len(given), given, name='config.sampler.gen_sigmas')
+
+  def check_sampler(self, load_guide: bool = False) -> None:
+    super().check_sampler(load_guide)
+    if hasattr(self, 'gen_sigmas'):  # the constructor checks it once its levels are known
+      self.sampling_sigmas()
+
   def generator_params(self, state, use_ema=True):
     return state.eval_params(use_ema)['generator']
 
@@ -696,9 +718,12 @@ class Distill(Method):
     labels they were drawn for (None when unconditional; label=None draws them from
     the teacher's class prior, an int or [num] array fixes them)."""
     steps = int(steps or self.sample_steps)
-    if not 1 <= steps <= self.gen_steps:
-      raise ConfigError(f'a distilled student samples with 1..{self.gen_steps} steps '
-                        f'(method.gen_steps), got steps={steps}')
+    sigmas = self.sampling_sigmas()
+    if not 1 <= steps <= len(sigmas):
+      where = ('config.sampler.gen_sigmas' if len(sigmas) != self.gen_steps or
+               self.config.sampler.get('gen_sigmas', None) else 'method.gen_steps')
+      raise ConfigError(f'a distilled student samples with 1..{len(sigmas)} steps '
+                        f'({where}), got steps={steps}')
     if label is not None and not self.conditional:
       raise ConfigError('sampling got a label, but this student is unconditional '
                         '(method.class_conditional=False)')
@@ -708,7 +733,7 @@ class Distill(Method):
       label = self.sample_labels(k_y, num) if label is None else jnp.broadcast_to(
           jnp.asarray(label, jnp.int32), (num,))
     z = jax.random.normal(k_z, (num,) + self.data_shape, jnp.float32)
-    return self.generate(params, z, k_sim, steps - 1, label), label
+    return self.generate(params, z, k_sim, steps - 1, label, sigmas=sigmas), label
 
   def sample(self, state, rng, num: int, sampler: str | None = None,
              steps: int | None = None, use_ema=True, label=None, **unused):
