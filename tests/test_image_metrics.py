@@ -110,6 +110,31 @@ def test_digits_metrics_through_the_registry_use_the_cached_classifier(tmp_path)
                      np.zeros((10, 5)), workdir=str(tmp_path))
 
 
+def test_class_proportions_tv_closed_forms_and_through_the_registry(tmp_path):
+  """TV of class proportions: 0 for a permutation, 0.9 for one class against ten equal
+  ones, 1 for disjoint classes; through the registry, samples made only of the
+  reference's most frequent predicted class k score 1 - p_ref(k)."""
+  uniform = np.repeat(np.arange(10), 7)
+  assert features.class_proportions_tv(uniform, uniform[::-1]) == 0.0
+  assert features.class_proportions_tv(np.zeros(50, int), uniform) == pytest.approx(0.9)
+  assert features.class_proportions_tv(np.zeros(5, int), np.ones(3, int)) == 1.0
+  net = features.DigitsClassifier()
+  params = net.init(jax.random.PRNGKey(1), np.zeros((1, 8, 8, 1), np.float32))['params']
+  features._save(os.path.join(tmp_path, features.CLASSIFIER_FILE), params,  # pylint: disable=protected-access
+                 accuracy=-1.0)
+  images = np.random.default_rng(5).uniform(-1, 1, (300, 8, 8, 1)).astype(np.float32)
+  labels = features.digits_extractor(str(tmp_path)).classify(images)
+  k = np.bincount(labels).argmax()
+  p_k = np.mean(labels == k)
+  assert p_k < 1.0  # the closed form below is not trivially 0
+  got = metrics.evaluate(('class_tv_digits',), jax.random.PRNGKey(0), images[labels == k],
+                         images, workdir=str(tmp_path))['class_tv_digits']
+  assert got == pytest.approx(1.0 - p_k)
+  same = metrics.evaluate(('class_tv_digits',), jax.random.PRNGKey(0), images[::-1], images,
+                          workdir=str(tmp_path))
+  assert same['class_tv_digits'] == 0.0
+
+
 def test_inception_fid_without_weights_is_a_one_line_config_error():
   for weights in (None, ''):
     with pytest.raises(ConfigError, match='inception_weights') as e:

@@ -18,6 +18,8 @@ Samples and reference are [n, ...] arrays (flattened to [n, d]). The metrics:
                       precision/recall (k = 3) on the features of a small digits
                       classifier (metrics/features.py), cached under `workdir`
                       (or ~/.cache/gensuite when workdir is None).
+  class_tv_digits     the total variation between the class proportions of samples
+                      and reference, as that classifier labels them.
   on_mode, mode_mass_tv, modes_covered
                       for data drawn from a Gaussian mixture (toy.GaussianMixture,
                       passed as `mixture`; skipped for other data): the fraction of
@@ -116,6 +118,14 @@ def _recall_digits(rng, samples, reference, log_prob, workdir=None):
   return features.precision_recall(real, fake)[1]
 
 
+def _class_tv_digits(rng, samples, reference, log_prob, workdir=None):
+  del rng, log_prob
+  from gensuite.metrics import features  # pylint: disable=g-import-not-at-top
+  extractor = features.digits_extractor(workdir)
+  return features.class_proportions_tv(extractor.classify(samples),
+                                       extractor.classify(reference))
+
+
 def _is_mixture(mixture) -> bool:
   return all(hasattr(mixture, a) for a in ('means', 'stds', 'weights'))
 
@@ -154,6 +164,7 @@ METRICS: dict[str, MetricFn] = {
     'on_mode': _on_mode,
     'mode_mass_tv': _mode_mass_tv,
     'modes_covered': _modes_covered,
+    'class_tv_digits': _class_tv_digits,  # appended: the keys of the others stay
 }
 # Keywords, beyond (rng, samples, reference, log_prob), that a metric takes: where it
 # caches what it builds (`workdir`), the samples' shape before flattening, and the
@@ -162,6 +173,7 @@ FID_OPTIONS = ('inception_weights', 'fid_stats', 'inception_resize')
 _KEYWORDS = {
     'fd_digits': ('workdir',), 'kid_digits': ('workdir',),
     'precision_digits': ('workdir',), 'recall_digits': ('workdir',),
+    'class_tv_digits': ('workdir',),
     'fid': ('workdir', 'image_shape') + FID_OPTIONS,
     'on_mode': ('mixture',), 'mode_mass_tv': ('mixture',), 'modes_covered': ('mixture',),
 }

@@ -9,7 +9,11 @@
 
 The digits metrics (`fd_digits`, `kid_digits`, `precision_digits`, `recall_digits`,
 registered in gensuite.metrics) use the penultimate layer (128 features) of a small
-conv classifier trained here on the digits train split, with a fixed seed. It is
+conv classifier trained here on the digits train split, with a fixed seed;
+`class_tv_digits` uses its predicted labels: the total variation between the class
+proportions of the samples and of the reference, the digits' analogue of the toy
+mixtures' mode-mass TV (a sampler or student that favours some digits shows there
+before it shows in fd). It is
 trained once and stored as DIR/fd_digits/classifier.npz under the run's workdir, or,
 without one, under $GENSUITE_CACHE_DIR or ~/.cache/gensuite; later calls load it.
 These numbers are comparable between runs that use the same classifier file, not
@@ -182,6 +186,14 @@ def digits_extractor(cache_dir: str | None = None) -> FeatureExtractor:
 
 
 # ---- distances on features ------------------------------------------------------------
+
+def class_proportions_tv(labels_a, labels_b, num_classes: int = 10) -> float:
+  """1/2 sum_k |p_a(k) - p_b(k)|, p the class proportions of two label arrays."""
+  def proportions(labels):
+    labels = np.asarray(labels).reshape(-1)
+    return np.bincount(labels, minlength=num_classes)[:num_classes] / max(labels.size, 1)
+  return 0.5 * float(np.abs(proportions(labels_a) - proportions(labels_b)).sum())
+
 
 def frechet_stats(features) -> tuple[np.ndarray, np.ndarray]:
   f = np.asarray(features, np.float64)
