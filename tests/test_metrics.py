@@ -174,7 +174,8 @@ def test_evaluate_computes_the_named_metrics():
 
 
 def test_unknown_metric_is_a_config_error():
-  with pytest.raises(ConfigError, match='unknown metric name .*allowed: class_tv_digits, energy_distance'):
+  with pytest.raises(ConfigError,
+                     match='unknown metric name .*allowed: class_tv_digits, energy_distance'):
     metrics.evaluate(['mmd', 'not_a_metric'], KEY, np.zeros((4, 2)), np.zeros((4, 2)))
 
 

@@ -9,13 +9,13 @@
 
 The digits metrics (`fd_digits`, `kid_digits`, `precision_digits`, `recall_digits`,
 registered in gensuite.metrics) use the penultimate layer (128 features) of a small
-conv classifier trained here on the digits train split, with a fixed seed;
-`class_tv_digits` uses its predicted labels: the total variation between the class
-proportions of the samples and of the reference, the digits' analogue of the toy
-mixtures' mode-mass TV (a sampler or student that favours some digits shows there
-before it shows in fd). It is
-trained once and stored as DIR/fd_digits/classifier.npz under the run's workdir, or,
-without one, under $GENSUITE_CACHE_DIR or ~/.cache/gensuite; later calls load it.
+conv classifier trained here on the digits train split, with a fixed seed. The
+classifier is trained once and stored as DIR/fd_digits/classifier.npz under the run's
+workdir, or, without one, under $GENSUITE_CACHE_DIR or ~/.cache/gensuite; later calls
+load it. `class_tv_digits` uses its predicted labels: the total variation between the
+class proportions of the samples and of the reference, the digits' analogue of the toy
+mixtures' mode-mass TV (a student whose later steps move samples between digits shows
+it there, not in precision/recall).
 These numbers are comparable between runs that use the same classifier file, not
 with Inception-based FID values.
 
