@@ -711,6 +711,90 @@ def test_run_teacher_distills_a_diffusion_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _multistep_run_teacher(tmp_path, variant='multistep,smoke'):
+  """(config, method) of a 4-step student of a (smoke) EDM digits run."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  from configs.diffusion import digits as diffusion_digits  # pylint: disable=g-import-not-at-top
+  from configs.distill import digits  # pylint: disable=g-import-not-at-top
+  from gensuite import train  # pylint: disable=g-import-not-at-top
+  teacher_dir = str(tmp_path / 'teacher')
+  train.run(diffusion_digits.get_config('smoke'), teacher_dir)
+  config = digits.get_config(variant)
+  config.teacher.workdir = teacher_dir
+  spec = data_lib.build(config.data, seed=0, global_batch_size=config.train.batch_size).spec
+  return config, distill.Distill(config, spec, load_run=gensuite.load_run)
+
+
+def test_multistep_student_of_a_run_teacher_has_a_fake_copy_per_step(tmp_path):
+  """From the teacher's own network the fake score is one copy of the teacher's weights
+  per student step: all start at the teacher's; the fake update's chain leaves its j-th
+  quarter after step j (at level sigma_j); fake_denoiser(k) runs copy k."""
+  config, m = _multistep_run_teacher(tmp_path)
+  assert m.fake_copies and not m.step_labels and m.gen_steps == 4
+  n = config.train.batch_size
+  state = m.init(jax.random.PRNGKey(0), {'x': jnp.zeros((n, 8, 8, 1))})
+  for copies, teacher in zip(jax.tree.leaves(state.params['fake_score']),
+                             jax.tree.leaves(m.teacher.params)):
+    assert copies.shape == (4,) + teacher.shape
+    for k in range(4):
+      np.testing.assert_array_equal(np.asarray(copies[k]), np.asarray(teacher))
+  # A generator that outputs its input level: group j must come out of step j.
+  stamp = types.SimpleNamespace(generator=lambda p, x, s, label=None: jnp.zeros_like(x) + s,
+                                gen_sigmas=m.gen_sigmas, gen_steps=4)
+  out = distill.Distill.generate_by_step(stamp, None, jnp.ones((n, 8, 8, 1)),
+                                         jax.random.PRNGKey(1))
+  want = np.repeat(np.asarray(m.gen_sigmas, np.float32), n // 4)
+  np.testing.assert_allclose(np.asarray(out)[:, 0, 0, 0], want, rtol=1e-6)
+  # Copies that differ (the teacher's weights scaled by 1 + k / 10): k picks copy k.
+  stacked = jax.tree.map(lambda p: p * (1.0 + 0.1 * jnp.arange(4.0)).reshape(
+      (4,) + (1,) * (p.ndim - 1)), state.params['fake_score'])
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 1))
+  sigma = jnp.full((2,), 1.3)
+  outs = []
+  for k in range(4):
+    one = jax.tree.map(lambda p, k=k: p * (1.0 + 0.1 * k), m.teacher.params)
+    outs.append(m.fake_denoiser(stacked, x, sigma, k=k))
+    np.testing.assert_allclose(outs[-1], m.teacher.apply(one, x, sigma), rtol=1e-5,
+                               atol=1e-5)
+  assert not np.allclose(outs[0], outs[3])
+
+
+def test_fake_copies_need_groups_of_equal_size(tmp_path):
+  """Per-step copies split each microbatch into gen_steps groups: a batch that does not
+  split is refused with the sizes that would."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  config, _ = _multistep_run_teacher(tmp_path)
+  config.train.batch_size = 18
+  spec = data_lib.build(config.data, seed=0, global_batch_size=18).spec
+  with pytest.raises(ConfigError, match=r'microbatch \(18 = .*a multiple of 4'):
+    distill.Distill(config, spec, load_run=gensuite.load_run)
+
+
+@pytest.mark.slow  # two U-Net students with a 4-step chain, about 60 s
+def test_fake_copies_grad_accum_gives_the_one_batch_update(tmp_path):
+  """Each step's group holds the same examples, and they get the same draws, whether the
+  fake update's part is split into microbatches or not (gensuite.methods.rand)."""
+  from test_accel import _steps  # pylint: disable=g-import-not-at-top
+  config, _ = _multistep_run_teacher(tmp_path)
+  spec = 'configs/distill/digits.py:multistep,smoke'
+  fields = dict(teacher__workdir=config.teacher.workdir, train__batch_size=32)
+  loss_1, state_1 = _steps(spec, **fields)
+  loss_2, state_2 = _steps(spec, train__grad_accum=2, **fields)
+  np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+  # Every copy trained, each on its own step's outputs.
+  copies = np.asarray(jax.tree.leaves(state_1.params['fake_score'])[0])
+  start = np.asarray(jax.tree.leaves(_multistep_teacher_params(config))[0])
+  assert all(not np.array_equal(copies[k], start) for k in range(4))
+  assert not np.array_equal(copies[0], copies[3])
+
+
+def _multistep_teacher_params(config):
+  import gensuite  # pylint: disable=g-import-not-at-top
+  return gensuite.load_run(config.teacher.workdir).state.eval_params(True)
+
+
 def test_analytic_teacher_score_and_heun_sampler():
   """score = grad log p_sigma with one sigma per example; Heun on 18 levels costs 35
   NFE and reproduces the mixture's mode masses (TV within sampling error)."""

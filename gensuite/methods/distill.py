@@ -23,7 +23,11 @@ backward simulation (a step k drawn per batch, its input produced by the current
 generator from pure noise; the fake score and discriminator then take the step k as
 part of their label, class * K + k, so they model each step's output law and not the
 mixture over steps, whose matching lets the steps specialise on different modes:
-method.fake_per_step, on by default; not with the teacher's own networks). With an
+method.fake_per_step, on by default. With the teacher's own networks, whose label
+embedding is the teacher's, the fake score is instead gen_steps stacked copies of the
+teacher's weights, copy k trained on step k's outputs: each inner update runs one chain
+whose j-th 1/K of the batch stops after step j, and the generator's loss at step k
+reads copy k). With an
 analytic teacher the networks are config.net
 MLPs under EDM preconditioning; with a run teacher, generator and fake score are the
 teacher's own network initialised from its EMA weights (as in the papers).
@@ -302,6 +306,19 @@ class Distill(Method):
     # Not with the teacher's own networks (their label embedding is the teacher's).
     self.step_labels = (self.gen_steps > 1 and bool(mc.fake_per_step)
                         and not self.from_teacher and self.disc_head != 'teacher_features')
+    # From the teacher's own network the step cannot enter through the label (the
+    # embedding is the teacher's), so the fake score is gen_steps copies of the teacher's
+    # weights stacked on a leading axis: copy k models step k's output law. Each inner
+    # update trains every copy, on its own 1/gen_steps of the part (fake_loss).
+    self.fake_copies = (self.gen_steps > 1 and bool(mc.fake_per_step) and self.from_teacher)
+    micro = parts // self.grad_accum
+    if self.fake_copies and micro % self.gen_steps:
+      raise ConfigError(f'per-step fake scores (method.fake_per_step with a run teacher) '
+                        f'split each inner update\'s microbatch ({micro} = train.batch_size '
+                        f'/ method.fake_updates / train.grad_accum) into method.gen_steps='
+                        f'{self.gen_steps} equal groups; use a batch_size that is a multiple '
+                        f'of {self.fake_updates * self.grad_accum * self.gen_steps}, or '
+                        'method.fake_per_step=False')
     fake_classes = ((self.num_classes or 1) * self.gen_steps if self.step_labels
                     else self.num_classes)
     channels = self.data_shape[-1]
@@ -388,24 +405,30 @@ class Distill(Method):
       return self.teacher.apply(params, x, sigma, label)
     return self._local(self.gen_net, params, x, sigma, label)
 
-  def fake_denoiser(self, params, x, sigma, label=None, features=False):
-    """D_fake(x, sigma), or (D_fake, bottleneck features) with features=True."""
+  def fake_denoiser(self, params, x, sigma, label=None, features=False, k=None):
+    """D_fake(x, sigma), or (D_fake, bottleneck features) with features=True; with
+    per-step fake copies (self.fake_copies) the copy of student step k."""
+    if self.fake_copies:
+      params = jax.tree.map(lambda p: p[k], params)
     if self.from_teacher:
       return self.teacher.apply(params, x, sigma, label, features=features)
     return self._local(self.fake_net, params, x, sigma, label, features)
 
-  def features(self, params, x, sigma, label=None):
-    """The bottleneck the feature head reads: the fake score's or the teacher's."""
+  def features(self, params, x, sigma, label=None, k=None):
+    """The bottleneck the feature head reads: the fake score's (step k's copy with
+    per-step copies) or the teacher's."""
     if self.disc_head == 'fake_score':
-      return self.fake_denoiser(params['fake_score'], x, sigma, label, features=True)[1]
+      return self.fake_denoiser(params['fake_score'], x, sigma, label, features=True,
+                                k=k)[1]
     return self.teacher.apply(self.teacher.params, x, sigma, label, features=True)[1]
 
-  def logit(self, params, x, sigma, label=None):
-    """Discriminator logit D_psi(x, sigma), an estimate of log p_t(x) - log q_t(x)."""
+  def logit(self, params, x, sigma, label=None, k=None):
+    """Discriminator logit D_psi(x, sigma), an estimate of log p_t(x) - log q_t(x)
+    (k: the student step whose fake copy the head reads, with per-step copies)."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
     _, _, c_in, c_noise = edm_preconditioning(sigma, self.sigma_data)
     if self.disc_head in FEATURE_HEADS:
-      feats = self.features(params, x, sigma, label)
+      feats = self.features(params, x, sigma, label, k)
       return self.head.apply({'params': params['discriminator']}, feats, c_noise)
     out = self.disc_net.apply({'params': params['discriminator']}, _bcast(c_in, x) * x,
                               c_noise, label=label)
@@ -465,6 +488,36 @@ class Distill(Method):
       x = jax.lax.fori_loop(0, k, body, x)
     return self.generator(gen_params, x, sig[k], label)
 
+  def generate_by_step(self, gen_params, z, rng, label=None):
+    """Backward simulation for every step at once: the j-th 1/gen_steps of the batch
+    ends after step j (one chain; each group leaves it where its step's output is)."""
+    sig = jnp.asarray(self.gen_sigmas)
+    m = z.shape[0] // self.gen_steps
+    x, outs = sig[0] * z, []
+    for j in range(self.gen_steps):
+      x0 = self.generator(gen_params, x, sig[j], label)
+      outs.append(x0[:m])
+      if j + 1 < self.gen_steps:
+        rest = x0[m:]
+        x = rest + sig[j + 1] * rand.normal(jax.random.fold_in(rng, j), rest.shape,
+                                            rest.dtype)
+        label = None if label is None else label[m:]
+    return jnp.concatenate(outs)
+
+  def copy_kw(self, k):
+    """The keyword that picks step k's fake copy ({} without per-step copies)."""
+    return {'k': k} if self.fake_copies else {}
+
+  def by_step(self, fn, k, *args):
+    """fn(*args, k=k); with per-step fake copies and k=None, fn on each step's group of
+    the batch (the j-th 1/gen_steps, as generate_by_step lays it out) with k=j."""
+    if k is not None:
+      return fn(*args, k=k)
+    m = args[0].shape[0] // self.gen_steps
+    outs = [fn(*(None if a is None else a[j * m:(j + 1) * m] for a in args), k=j)
+            for j in range(self.gen_steps)]
+    return jnp.concatenate(outs)
+
   # ---- losses --------------------------------------------------------------------
 
   def fake_loss(self, trainable, gen_params, batch, rng):
@@ -476,12 +529,18 @@ class Distill(Method):
     k_z, k_sim, k_k, k_s, k_e, k_sd, k_e2, k_e3, k_lab = jax.random.split(rng, 9)
     label = self.labels(batch, k_lab)
     z = rand.normal(k_z, real.shape, real.dtype)
-    k = jax.random.randint(k_k, (), 0, self.gen_steps)
-    x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k, label))
+    if self.fake_copies:  # every step's copy learns from its own group of the part
+      k = None
+      x0 = jax.lax.stop_gradient(self.generate_by_step(gen_params, z, k_sim, label))
+    else:
+      k = jax.random.randint(k_k, (), 0, self.gen_steps)
+      x0 = jax.lax.stop_gradient(self.generate(gen_params, z, k_sim, k, label))
     sigma, _ = self.sample_sigma(k_s, n, full=True)
     x_t = x0 + _bcast(sigma, x0) * rand.normal(k_e, x0.shape, x0.dtype)
     fake_label = self.fake_label(label, k, n)
-    d_fake = self.fake_denoiser(trainable['fake_score'], x_t, sigma, fake_label)
+    d_fake = self.by_step(
+        lambda x, s, lab, k: self.fake_denoiser(trainable['fake_score'], x, s, lab,
+                                                **self.copy_kw(k)), k, x_t, sigma, fake_label)
     weight = 1.0 / sigma**2 + 1.0 / self.sigma_data**2
     dsm = jnp.mean(weight * _mean_dims((d_fake - x0)**2))
     metrics = {'fake_score_loss': dsm}
@@ -490,8 +549,9 @@ class Distill(Method):
       sd, _ = self.sample_sigma(k_sd, n)
       fake_t = x0 + _bcast(sd, x0) * rand.normal(k_e2, x0.shape, x0.dtype)
       real_t = real + _bcast(sd, real) * rand.normal(k_e3, real.shape, real.dtype)
-      l_fake = self.logit(trainable, fake_t, sd, fake_label)
-      l_real = self.logit(trainable, real_t, sd, fake_label)
+      logit = lambda x, s, lab, k: self.logit(trainable, x, s, lab, **self.copy_kw(k))
+      l_fake = self.by_step(logit, k, fake_t, sd, fake_label)
+      l_real = self.by_step(logit, k, real_t, sd, fake_label)
       disc = jnp.mean(jax.nn.softplus(l_fake)) + jnp.mean(jax.nn.softplus(-l_real))
       loss = loss + self.disc_weight * disc
       metrics['disc_loss'] = disc
@@ -535,13 +595,14 @@ class Distill(Method):
                                                          self.cfg_scale))
     fake_label = self.fake_label(label, k, n)
     d_fake = jax.lax.stop_gradient(self.fake_denoiser(others['fake_score'], x_t_sg, sigma,
-                                                      fake_label))
+                                                      fake_label, **self.copy_kw(k)))
     metrics = {}
     running = extra['ratio_mean']
     logit = None
     if self.objective == 'f_distill' or self.gan_weight > 0:
       # One evaluation serves both: sg(logit) for r, logit itself for the GAN term.
-      logit = self.logit(others, x_t if self.gan_weight > 0 else x_t_sg, sigma, fake_label)
+      logit = self.logit(others, x_t if self.gan_weight > 0 else x_t_sg, sigma, fake_label,
+                         **self.copy_kw(k))
     if self.objective == 'f_distill':
       r, running = self.ratio(jax.lax.stop_gradient(logit), bins, running)
       h = self.h_fn(r)
@@ -607,6 +668,9 @@ class Distill(Method):
     if self.from_teacher:
       params = {'generator': self.teacher.params, 'fake_score': self.teacher.params}
       params = jax.tree.map(jnp.array, params)
+      if self.fake_copies:
+        params['fake_score'] = jax.tree.map(
+            lambda p: jnp.stack([p] * self.gen_steps), params['fake_score'])
     else:
       params = {
           'generator': self.gen_net.init(k_gen, x, sigma, label=label)['params'],
@@ -616,7 +680,7 @@ class Distill(Method):
       params['discriminator'] = self.disc_net.init(k_disc, x, sigma,
                                                    label=fake_label)['params']
     elif self.disc_head in FEATURE_HEADS:
-      shape = jax.eval_shape(lambda p: self.features(p, x, sigma, fake_label), params)
+      shape = jax.eval_shape(lambda p: self.features(p, x, sigma, fake_label, k=0), params)
       params['discriminator'] = self.head.init(k_disc, jnp.zeros(shape.shape, shape.dtype),
                                                sigma)['params']
     opt_state = {name: self.txs[name].init(params[name]) for name in self.net_names}
