@@ -711,7 +711,7 @@ def test_run_teacher_distills_a_diffusion_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _multistep_run_teacher(tmp_path, variant='multistep,smoke'):
+def _multistep_run_teacher(tmp_path, variant='multistep,smoke', **method_fields):
   """(config, method) of a 4-step student of a (smoke) EDM digits run."""
   import gensuite  # pylint: disable=g-import-not-at-top
   from configs.diffusion import digits as diffusion_digits  # pylint: disable=g-import-not-at-top
@@ -721,6 +721,7 @@ def _multistep_run_teacher(tmp_path, variant='multistep,smoke'):
   train.run(diffusion_digits.get_config('smoke'), teacher_dir)
   config = digits.get_config(variant)
   config.teacher.workdir = teacher_dir
+  config.method.update(method_fields)
   spec = data_lib.build(config.data, seed=0, global_batch_size=config.train.batch_size).spec
   return config, distill.Distill(config, spec, load_run=gensuite.load_run)
 
@@ -728,8 +729,10 @@ def _multistep_run_teacher(tmp_path, variant='multistep,smoke'):
 def test_multistep_student_of_a_run_teacher_has_a_fake_copy_per_step(tmp_path):
   """From the teacher's own network the fake score is one copy of the teacher's weights
   per student step: all start at the teacher's; the fake update's chain leaves its j-th
-  quarter after step j (at level sigma_j); fake_denoiser(k) runs copy k."""
-  config, m = _multistep_run_teacher(tmp_path)
+  quarter after step j (at level sigma_j); fake_denoiser(k) runs copy k; a batch that
+  does not split into equal groups is refused with the sizes that would."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  config, m = _multistep_run_teacher(tmp_path, reg_weight=0.0)  # no teacher pairs to make
   assert m.fake_copies and not m.step_labels and m.gen_steps == 4
   n = config.train.batch_size
   state = m.init(jax.random.PRNGKey(0), {'x': jnp.zeros((n, 8, 8, 1))})
@@ -750,36 +753,39 @@ def test_multistep_student_of_a_run_teacher_has_a_fake_copy_per_step(tmp_path):
       (4,) + (1,) * (p.ndim - 1)), state.params['fake_score'])
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 1))
   sigma = jnp.full((2,), 1.3)
+  fake = jax.jit(lambda p, k: m.fake_denoiser(p, x, sigma, k=k))
+  teacher = jax.jit(lambda p: m.teacher.apply(p, x, sigma))
   outs = []
-  for k in range(4):
+  for k in (0, 3):
     one = jax.tree.map(lambda p, k=k: p * (1.0 + 0.1 * k), m.teacher.params)
-    outs.append(m.fake_denoiser(stacked, x, sigma, k=k))
-    np.testing.assert_allclose(outs[-1], m.teacher.apply(one, x, sigma), rtol=1e-5,
-                               atol=1e-5)
-  assert not np.allclose(outs[0], outs[3])
-
-
-def test_fake_copies_need_groups_of_equal_size(tmp_path):
-  """Per-step copies split each microbatch into gen_steps groups: a batch that does not
-  split is refused with the sizes that would."""
-  import gensuite  # pylint: disable=g-import-not-at-top
-  config, _ = _multistep_run_teacher(tmp_path)
+    outs.append(fake(stacked, k))
+    np.testing.assert_allclose(outs[-1], teacher(one), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(outs[0], outs[1])
   config.train.batch_size = 18
   spec = data_lib.build(config.data, seed=0, global_batch_size=18).spec
   with pytest.raises(ConfigError, match=r'microbatch \(18 = .*a multiple of 4'):
     distill.Distill(config, spec, load_run=gensuite.load_run)
 
 
-@pytest.mark.slow  # two U-Net students with a 4-step chain, about 60 s
+@pytest.mark.slow  # two U-Net students with a 4-step chain, about 6 min on 2 shared cores
 def test_fake_copies_grad_accum_gives_the_one_batch_update(tmp_path):
   """Each step's group holds the same examples, and they get the same draws, whether the
   fake update's part is split into microbatches or not (gensuite.methods.rand)."""
-  from test_accel import _steps  # pylint: disable=g-import-not-at-top
+  import gensuite  # pylint: disable=g-import-not-at-top
+  from gensuite.experiment import build_experiment  # pylint: disable=g-import-not-at-top
   config, _ = _multistep_run_teacher(tmp_path)
-  spec = 'configs/distill/digits.py:multistep,smoke'
-  fields = dict(teacher__workdir=config.teacher.workdir, train__batch_size=32)
-  loss_1, state_1 = _steps(spec, **fields)
-  loss_2, state_2 = _steps(spec, train__grad_accum=2, **fields)
+  config.train.batch_size = 32
+
+  def steps(grad_accum):
+    config.train.grad_accum = grad_accum
+    exp = build_experiment(config, load_run=gensuite.load_run)
+    state, out = exp.init_state(), []
+    for step in range(2):
+      state, metrics = exp.bare_step(state, exp.global_batch(step))
+      out.append(float(metrics['loss']))
+    return out, state
+  loss_1, state_1 = steps(1)
+  loss_2, state_2 = steps(2)
   np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_2)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
