@@ -563,8 +563,47 @@ def test_few_step_student_regresses_its_first_step_onto_the_pair_targets():
       chain[0], np.mean((np.asarray(last.generate(params, noise, jax.random.PRNGKey(1),
                                                    per_example=False)) - np.asarray(target))**2),
       rtol=1e-5)
-  with pytest.raises(ConfigError, match="unknown method.reg_step 'middle'; allowed: first, last"):
+  with pytest.raises(ConfigError, match="unknown method.reg_step 'middle'; allowed: first, last, "
+                     'every'):
     _method('dmd2,multistep,smoke', **{'method.reg_step': 'middle'})
+
+
+def test_few_step_student_regresses_every_step_from_the_teacher_ode_point():
+  """method.reg_step='every': each pair keeps the teacher ODE's point at every level of
+  the chain. For N(mu, s^2) data the ODE from sigma_max z is x(sigma) = mu +
+  sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_max^2) (sigma_max z - mu), so the points
+  match it; the exact flow map to sigma = 0, mu + s (x - mu) / sqrt(s^2 + sigma^2),
+  then has zero regression loss at every step, while a map that is right only at
+  sigma_max (all that reg_step='first' checks) does not."""
+  mu, s = 0.5, 1.0
+  overrides = {'method.reg_weight': 0.5, 'method.gan_weight': 0.0, 'method.gen_steps': 4,
+               'method.pair_steps': 200}  # Heun error < 2e-3
+  every = _method('dmd2,multistep,smoke', **_gaussian_data([mu], s), **overrides,
+                  **{'method.reg_step': 'every'})
+  data = data_lib.build(every.config.data, seed=0, global_batch_size=16)
+  state = jax.jit(every.init)(jax.random.PRNGKey(0), jax.tree.map(jnp.asarray, data.batch(0)))
+  noise, target = state.extra['pair_noise'], state.extra['pair_target']
+  states = state.extra['pair_states']
+  assert states.shape == (noise.shape[0], 4, 1)
+  sig = np.asarray(every.gen_sigmas, np.float64)
+  x_max = sig[0] * np.asarray(noise, np.float64)
+  np.testing.assert_allclose(states[:, 0], x_max, rtol=1e-6)
+  exact = mu + np.sqrt(s**2 + sig**2)[None, :, None] / np.hypot(s, sig[0]) * (x_max - mu)[:, None]
+  np.testing.assert_allclose(states, exact, rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(target, mu + s / np.hypot(s, sig[0]) * (x_max - mu), atol=2e-3)
+
+  def flow_map(p, x, sigma, label=None, at=None):
+    del p, label
+    sigma = jnp.reshape(jnp.asarray(sigma if at is None else at, jnp.float32), (-1, 1))
+    return mu + s * (x - mu) / jnp.sqrt(s**2 + sigma**2)
+
+  args = (noise, target, jax.random.PRNGKey(3), states)
+  every.generator = flow_map
+  assert float(every.regression_loss(None, *args)) < 1e-5
+  every.generator = lambda p, x, sigma, label=None: flow_map(p, x, sigma, at=sig[0])
+  assert float(every.regression_loss(None, *args)) > 0.1
+  first = np.mean((np.asarray(every.generator(None, x_max, sig[0])) - np.asarray(target))**2)
+  assert first < 1e-5  # the 'first' regression is blind to it
 
 
 @pytest.mark.parametrize('flag, message', [

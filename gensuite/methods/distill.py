@@ -73,7 +73,8 @@ Objectives (method.objective):
              squared error by iCT's pseudo-Huber distance (method.reg_huber_c);
              method.reg_schedule='cosine' decays the weight to reg_final x reg_weight
              over train.num_steps; a few-step student regresses its first step's
-             output (method.reg_step='first'; 'last': the whole chain). The other
+             output (method.reg_step='first'; 'last': the whole chain; 'every':
+             each step k, from the teacher ODE's point at its level). The other
              objectives take the same paired regression when reg_weight > 0
              (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
@@ -134,8 +135,13 @@ REG_SCHEDULES = ('constant', 'cosine')
 # every step's output to be a data sample, so this is the one-step student's regression
 # and it fixes how the chain's first step shares its noise among the modes. 'last': the
 # whole chain, whose re-noising draws make its output a random function of z, so the
-# regression pulls it towards their mean (a blur). With gen_steps = 1 the two agree.
-REG_STEPS = ('first', 'last')
+# regression pulls it towards their mean (a blur). 'every': each pair also keeps the
+# teacher ODE's point at every level of the chain (the Heun grid holds those levels), and
+# step k, with k uniform per pair, maps the point at sigma_k to the pair's endpoint: a
+# consistency anchor for every step, so a later step cannot move mass between modes
+# unopposed (the ODE's map from sigma_k carries p_{sigma_k} to the data law). The same
+# cost as 'first'. With gen_steps = 1 all three agree.
+REG_STEPS = ('first', 'last', 'every')
 
 
 def chain_sigmas(levels, gen_steps: int, given=(), name='method.gen_sigmas'):
@@ -626,8 +632,9 @@ class Distill(Method):
     if self.reg_weight > 0:
       k_idx, k_chain = jax.random.split(k_reg)
       idx = jax.random.randint(k_idx, (self.reg_batch,), 0, self.num_pairs)
+      states = extra['pair_states'][idx] if 'pair_states' in extra else None
       reg = self.regression_loss(gen_params, extra['pair_noise'][idx],
-                                 extra['pair_target'][idx], k_chain)
+                                 extra['pair_target'][idx], k_chain, states)
       metrics['reg_loss'] = reg
       weight = self.reg_weight_at(step)
       if self.reg_schedule != 'constant':
@@ -636,11 +643,18 @@ class Distill(Method):
     metrics['generator_loss'] = loss
     return loss, (metrics, running)
 
-  def regression_loss(self, gen_params, noise, target, rng):
+  def regression_loss(self, gen_params, noise, target, rng, states=None):
     """Mean distance of the student's output on pair noises to their teacher outputs:
-    the first step's output, or the whole chain's with `rng`'s re-noising (reg_step)."""
-    k = 0 if self.reg_step == 'first' else None
-    pred = self.generate(gen_params, noise, rng, k=k, per_example=False)
+    the first step's output, the whole chain's with `rng`'s re-noising, or (states:
+    the pairs' ODE points at the chain's levels, [B, gen_steps, ...]) step k's output
+    from the point at sigma_k, k uniform per pair (reg_step)."""
+    if states is not None:
+      k = jax.random.randint(rng, (noise.shape[0],), 0, self.gen_steps)
+      x = states[jnp.arange(noise.shape[0]), k]
+      pred = self.generator(gen_params, x, jnp.asarray(self.gen_sigmas)[k])
+    else:
+      k = None if self.reg_step == 'last' else 0
+      pred = self.generate(gen_params, noise, rng, k=k, per_example=False)
     return jnp.mean(self.regression_distance(pred, target))
 
   def regression_distance(self, pred, target):
@@ -655,9 +669,16 @@ class Distill(Method):
   # ---- the Method interface ------------------------------------------------------
 
   def make_pairs(self, rng):
-    """(noise, teacher output) pairs from the teacher's deterministic Heun sampler."""
+    """{'pair_noise', 'pair_target'}: (noise, teacher output) pairs from the teacher's
+    deterministic Heun sampler; with reg_step='every' also 'pair_states', the ODE's
+    points at the chain's levels [num_pairs, gen_steps, ...]."""
     z = jax.random.normal(rng, (self.num_pairs,) + self.data_shape, jnp.float32)
-    return z, self.teacher.sample(z, self.sigma_max, self.pair_steps)[0]
+    if self.reg_step == 'every' and self.gen_steps > 1:
+      y, _, states = self.teacher.sample(z, self.sigma_max, self.pair_steps,
+                                         stops=np.asarray(self.gen_sigmas))
+      return {'pair_noise': z, 'pair_target': y, 'pair_states': jnp.moveaxis(states, 0, 1)}
+    return {'pair_noise': z,
+            'pair_target': self.teacher.sample(z, self.sigma_max, self.pair_steps)[0]}
 
   def init(self, rng, batch) -> TrainState:
     x = jnp.asarray(batch['x'], jnp.float32)
@@ -688,7 +709,7 @@ class Distill(Method):
            for d in self.ema_decays}
     extra = {'ratio_mean': jnp.ones((self.ratio_bins,), jnp.float32)}
     if self.reg_weight > 0:
-      extra['pair_noise'], extra['pair_target'] = self.make_pairs(k_pairs)
+      extra.update(self.make_pairs(k_pairs))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       ema=ema, extra=extra)
 

@@ -52,16 +52,32 @@ from gensuite.methods import rand
 
 
 def pf_ode_sample(denoiser, z: jax.Array, sigma_max: float, sigma_min: float = 0.002,
-                  steps: int = 18, rho: float = 7.0) -> tuple[jax.Array, int]:
+                  steps: int = 18, rho: float = 7.0, stops=()) -> tuple:
   """EDM's deterministic Heun sampler (gensuite.samplers.sample_sigmas 'heun').
 
   Starts at sigma_max z and integrates dx/dsigma = (x - D(x, sigma)) / sigma on the
   Karras grid down to 0, the last step by Euler: returns (x, nfe), nfe = 2 steps - 1
-  (35 for steps = 18).
+  (35 for steps = 18). With `stops` (noise levels in (0, sigma_max], descending) the
+  grid also holds those levels and it returns (x, nfe, states): states[i] is the ODE's
+  point at stops[i], [len(stops), B, ...] (stops[0] = sigma_max gives sigma_max z).
   """
   sigmas = samplers.karras_sigmas(steps, sigma_min, sigma_max, rho)
-  x, info = samplers.sample_sigmas('heun', denoiser, sigma_max * z, sigmas)
-  return x, info['nfe']
+  if not len(stops):
+    x, info = samplers.sample_sigmas('heun', denoiser, sigma_max * z, sigmas)
+    return x, info['nfe']
+  stops = np.asarray(stops, np.float64)
+  if np.any(np.diff(stops) >= 0) or stops[-1] <= 0 or stops[0] > sigma_max * (1 + 1e-6):
+    raise ConfigError(f'stops={stops.tolist()} must be strictly decreasing levels in '
+                      f'(0, sigma_max={sigma_max:g}]')
+  x, nfe, states, hi = sigma_max * z, 0, [], sigma_max
+  for s in list(stops) + [0.0]:  # segment by segment: each stop is a level of the grid
+    if s < hi:
+      seg = np.concatenate([[hi], sigmas[(sigmas < hi) & (sigmas > s)], [s]])
+      x, info = samplers.sample_sigmas('heun', denoiser, x, seg)
+      nfe, hi = nfe + info['nfe'], s
+    if s > 0:
+      states.append(x)
+  return x, nfe, jnp.stack(states)
 
 
 class AnalyticTeacher:
@@ -113,9 +129,11 @@ class AnalyticTeacher:
     u = rand.uniform(rng, log_n.shape, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
     return jnp.argmax(log_w + log_n - jnp.log(-jnp.log(u)), axis=-1)
 
-  def sample(self, z: jax.Array, sigma_max: float = 80.0,
-             steps: int = 18) -> tuple[jax.Array, int]:
-    return pf_ode_sample(self.denoiser, z, sigma_max, steps=steps)
+  def sample(self, z: jax.Array, sigma_max: float = 80.0, steps: int = 18,
+             stops=()) -> tuple:
+    """(x, nfe) from the deterministic Heun sampler; with `stops`, (x, nfe, states)
+    (pf_ode_sample)."""
+    return pf_ode_sample(self.denoiser, z, sigma_max, steps=steps, stops=stops)
 
 
 def call_with_features(fn):
@@ -190,11 +208,12 @@ class RunTeacher:
     sigma = jnp.asarray(sigma, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
     return (self.denoiser(x, sigma.reshape(-1), label, cfg_scale) - x) / sigma**2
 
-  def sample(self, z: jax.Array, sigma_max: float = 80.0,
-             steps: int = 18) -> tuple[jax.Array, int]:
-    # One sigma for the whole batch here, so the network runs batched.
+  def sample(self, z: jax.Array, sigma_max: float = 80.0, steps: int = 18,
+             stops=()) -> tuple:
+    """As AnalyticTeacher.sample; one sigma for the whole batch, so the network runs
+    batched."""
     fn = self.method.denoiser_fn(self.params, None)
-    return pf_ode_sample(fn, z, sigma_max, steps=steps)
+    return pf_ode_sample(fn, z, sigma_max, steps=steps, stops=stops)
 
 
 def _mixture(name: str, params: dict):
