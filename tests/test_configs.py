@@ -162,6 +162,16 @@ def test_distill_objective_tokens(path, variant, expected):
   assert {k: method[k] for k in expected} == expected
 
 
+def test_distill_digits_conditional_multistep_student_trains_longer():
+  """cond,multistep trains 6000 steps (its 4-NFE figure reached the teacher's there);
+  the other digits students keep 2500, and smoke its own 4."""
+  steps = {v: _load('configs/distill/digits.py', v).train.num_steps
+           for v in ('cond,multistep', 'multistep,cond', 'multistep', 'cond', '',
+                     'cond,multistep,smoke')}
+  assert steps == {'cond,multistep': 6000, 'multistep,cond': 6000, 'multistep': 2500,
+                   'cond': 2500, '': 2500, 'cond,multistep,smoke': 4}
+
+
 def test_ebm_gmm_patterns():
   c = _load('configs/ebm/gmm.py', 'pcd,dim10,walkers2000')
   assert (c.method.estimator, c.method.num_walkers) == ('pcd', 2000)
