@@ -806,6 +806,29 @@ def test_multistep_student_of_a_run_teacher_has_a_fake_copy_per_step(tmp_path):
     distill.Distill(config, spec, load_run=gensuite.load_run)
 
 
+def test_chain_diagnosis_follows_the_samplers_chain(tmp_path):
+  """experiments/distill_chain_classes.py tracks the chain the sampler draws: its output
+  after the last step is the K-NFE sample of the same key and noise, after the first the
+  one-step sample; and a step's label changes and net class gains are counted exactly."""
+  from experiments import distill_chain_classes as dcc  # pylint: disable=g-import-not-at-top
+  config, m = _multistep_run_teacher(tmp_path, reg_weight=0.0)
+  state = m.init(jax.random.PRNGKey(0), {'x': jnp.zeros((config.train.batch_size, 8, 8, 1))})
+  params = state.params['generator']
+  z = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 1))
+  rng = jax.random.PRNGKey(2)
+  outs = np.asarray(dcc.chain_outputs(m, params, z, rng))
+  assert outs.shape == (4, 6, 8, 8, 1)
+  np.testing.assert_allclose(outs[-1], np.asarray(m.generate(params, z, rng)), atol=1e-6)
+  first = m.generator(params, m.gen_sigmas[0] * z, m.gen_sigmas[0])
+  np.testing.assert_allclose(outs[0], np.asarray(first), atol=1e-6)
+  assert not np.allclose(outs[1], outs[0])  # a later step does change the sample
+  before, after = np.array([1, 1, 2, 3, 3]), np.array([1, 4, 2, 4, 1])
+  sure = np.array([True, True, False, False, True])
+  changed, of_sure, of_unsure, gain = dcc.label_changes(before, after, sure)
+  assert (changed, of_sure, of_unsure) == (0.6, 2 / 3, 0.5)
+  np.testing.assert_array_equal(gain, [0, 0, 0, -2, 2, 0, 0, 0, 0, 0])
+
+
 @pytest.mark.slow  # two U-Net students with a 4-step chain, about 6 min on 2 shared cores
 def test_fake_copies_grad_accum_gives_the_one_batch_update(tmp_path):
   """Each step's group holds the same examples, and they get the same draws, whether the
