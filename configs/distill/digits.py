@@ -35,7 +35,7 @@ with 4 steps; 3 seeds at 2500 steps, 2000 samples: fd_digits 4.46 +- 1.36 at 4 N
 3.43 +- 0.57 at 2, teacher 3.12: its step at sigma 2.5 adds 2.4-3.3 points of 1s in
 every seed where the teacher's ODE from the same inputs adds none, see
 experiments/distill_chain_classes.py; with cond, 6000 steps (COND_MULTISTEP_STEPS),
-2 seeds: 2.93 +- 0.15 at 4 NFE and 2.68 +- 0.17 at 2, teacher 3.01); smoke (tiny, for
+3 seeds: 2.88 +- 0.13 at 4 NFE and 2.47 +- 0.39 at 2, teacher 3.01); smoke (tiny, for
 tests; pair it with a smoke teacher).
 
 Each of the method.fake_updates = K inner updates of a step takes its own 1/K of the
@@ -58,8 +58,8 @@ EMA_DECAYS = (0.99, 0.995, 0.998)
 NUM_STEPS = 2500
 # A class-conditional few-step student (cond,multistep) trains longer: its 4-NFE
 # fd_digits kept falling after 2500 steps, 3.37 (one seed) at 2500, 3.04 / 3.04 at 4500
-# and 2.82 / 3.03 at 6000 over seeds 0 / 1, against the teacher's 3.01 (2000 samples;
-# experiments/results/distill_digits.md).
+# and 2.82 / 3.03 / 2.79 at 6000 over seeds 0 / 1 / 2, against the teacher's 3.01
+# (2000 samples; experiments/results/distill_digits.md).
 COND_MULTISTEP_STEPS = 6000
 # What an objective token sets beyond the defaults it implies (DISTILL_OBJECTIVES):
 # DMD adds DMD2's GAN term (a head on the fake score's bottleneck, head weight 1e-2) to
