@@ -1,7 +1,7 @@
 """Where a few-step digits student's class proportions go wrong, step by step.
 
   PYTHONPATH=. python experiments/distill_chain_classes.py --workdir=runs/distill_ms \
-      --step=2500 --num=4000 [--fake_copies] [--out=report.md]
+      --step=2500 --num=4000 [--fake_copies | --chain_only] [--out=report.md]
 
 For a `method.gen_steps` = K student of a digits run (configs/distill/digits.py:
 multistep) it draws one chain of K steps (the sampler's: the same noise and the same
@@ -19,9 +19,8 @@ re-noising draws for every prefix of the chain, so the output after step k is th
   (--chain_only stops here.)
   fake copies    with --fake_copies, each per-step fake-score copy sampled as a
                  diffusion model (--fake_num samples, Heun 35 NFE from sigma_max; the
-                 weights the
-                 DMD gradient reads, not an EMA): the class proportions that copy
-                 believes its step puts out.
+                 weights the DMD gradient reads, not an EMA): the class proportions
+                 that copy believes its step puts out.
 A step whose output proportions drift from the teacher's on the same inputs is a step
 whose map moved class mass; a fake copy whose proportions are far from its step's
 cannot correct that mass through the DMD gradient.
