@@ -1,9 +1,11 @@
-"""Few-step generators on toy mixtures: flow maps from scratch vs distilled students.
+"""Few-step generators on toy mixtures and digits: flow maps vs distilled students.
 
   PYTHONPATH=. python experiments/few_step.py --data=unequal8 --seeds=3 --budget_s=600 \
       --workdir=/tmp/few_step [--out=experiments/results/few_step_unequal8.md]
   PYTHONPATH=. python experiments/few_step.py --smoke --budget_s=15 --seeds=2 --num=500 \
       --workdir=/tmp/few_step_smoke                                  # a quick check
+  PYTHONPATH=. python experiments/few_step.py --data=digits --budget_s=240 --num=2000 \
+      --teacher=runs/edm_digits --scd_teacher=runs/edm_digits_ts10 --workdir=/tmp/few_step
 
 Rows (--rows picks a subset by name):
   data          exact draws of the mixture (reference: the noise floor of each number);
@@ -25,6 +27,18 @@ Rows (--rows picks a subset by name):
 By default the flow maps and the fdistill_js and dmd2 students run (DEFAULT_ROWS).
 --data picks the mixture (the configs' tokens unequal8 | wide8 | 8gaussians | grid); --smoke
 appends ',smoke' to every config variant (a tiny net and batch).
+
+--data=digits (scikit-learn's 8x8 digits; DIGITS_TRAINED) takes the same methods from
+configs/flow_maps/digits.py (meanflow, scm, shortcut: from scratch; scd: sCM distilled
+from --scd_teacher, default --teacher, which needs net.time_scale 10, see that config)
+and configs/distill/digits.py (fdistill_js, dmd2, and dmd, the digits default: one-step
+students of --teacher; dmd_4, its 4-step form, only when asked for: its chain compiles
+for minutes). The teacher row samples --teacher with its own sampler (Heun, 35 NFE);
+there is no data row (the reference is the whole set once --num >= 1797). The columns
+are `gensuite eval`'s digits metrics on --num samples: fd_digits, precision, recall and
+class TV on the features of the digits classifier (gensuite/metrics/features.py).
+The distilled rows and sCD start from a trained teacher, whose training is not in
+their time.
 
 Equal training wall time (--budget_s, per run): the run is trained in a Python loop over
 the Experiment API (gensuite.experiment: the jitted step the trainer runs, batches
@@ -80,9 +94,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from configs.distill import toy2d as distill_toy2d  # pylint: disable=g-import-not-at-top
+from configs.distill import digits as distill_digits  # pylint: disable=g-import-not-at-top
+from configs.distill import toy2d as distill_toy2d
+from configs.flow_maps import digits as flow_maps_digits
 from configs.flow_maps import toy2d as flow_maps_toy2d
 from gensuite import config as config_lib
+from gensuite import data as data_lib
+from gensuite import metrics as metrics_lib
 from gensuite import run as run_lib
 from gensuite.data import toy
 from gensuite.experiment import build_experiment
@@ -109,6 +127,19 @@ TRAINED = {
                           ('pearson', 'pearson'), ('neyman', 'neyman'),
                           ('alpha', 'alpha')]},
 }
+# The digits rows (--data=digits): the same methods on the digits configs, plus sCD (sCM
+# distilled from --scd_teacher) and DMD with the GAN head (the digits default student)
+# and its 4-step form. Every distilled row starts from --teacher's weights.
+DIGITS_TRAINED = {
+    'meanflow': (flow_maps_digits, 'meanflow', (1, 2, 4)),
+    'scm': (flow_maps_digits, 'scm', (1, 2, 4)),
+    'shortcut': (flow_maps_digits, 'shortcut', (1, 2, 4)),
+    'scd': (flow_maps_digits, 'scd', (1, 2, 4)),
+    'fdistill_js': (distill_digits, 'f_distill,js', (1,)),
+    'dmd': (distill_digits, 'dmd', (1,)),
+    'dmd2': (distill_digits, 'dmd2', (1,)),
+    'dmd_4': (distill_digits, 'dmd,multistep', (1, 2, 4)),
+}
 LABELS = {'data': 'data (exact draws)', 'teacher': 'teacher (exact, Heun)',
           'meanflow': 'MeanFlow', 'scm': 'sCM (sCT)', 'shortcut': 'shortcut',
           'fdistill_js': 'f-distill JS (student)', 'fdistill_fkl': 'f-distill fwd KL (student)',
@@ -121,21 +152,37 @@ LABELS = {'data': 'data (exact draws)', 'teacher': 'teacher (exact, Heun)',
           'fdistill_jeffreys': 'f-distill Jeffreys (student)',
           'fdistill_pearson': 'f-distill Pearson chi^2 (student)',
           'fdistill_neyman': 'f-distill Neyman chi^2 (student)',
-          'fdistill_alpha': 'f-distill alpha = 0.5 (student)'}
+          'fdistill_alpha': 'f-distill alpha = 0.5 (student)',
+          'scd': 'sCD (sCM distilled)', 'dmd_4': 'DMD, 4-step student',
+          'teacher_run': 'teacher (the EDM run, its sampler)'}
 ROWS = ('data', 'teacher') + tuple(TRAINED)
 DEFAULT_ROWS = ('data', 'teacher', 'meanflow', 'scm', 'shortcut', 'fdistill_js', 'dmd2')
-DATA = ('unequal8', 'wide8', '8gaussians', 'grid')
+# dmd_4 (its U-Net 4-step chain compiles for about 100 s, twice per run) runs on request.
+DIGITS_ROWS = ('teacher',) + tuple(DIGITS_TRAINED)
+DIGITS_DEFAULT_ROWS = tuple(r for r in DIGITS_ROWS if r != 'dmd_4')
+DATA = ('unequal8', 'wide8', '8gaussians', 'grid', 'digits')
 METRICS = ('on_mode', 'mode_mass_tv', 'modes_covered', 'nll', 'mmd2')
+DIGITS_METRICS = ('fd_digits', 'precision_digits', 'recall_digits', 'class_tv_digits')
 MARKER = 'few_step.json'
 
 
 # ---- training ----------------------------------------------------------------------
 
 
-def make_config(row, data, seed, smoke, num_steps=None):
-  module, tokens, _ = TRAINED[row]
-  variant = ','.join([tokens, data] + (['smoke'] if smoke else []))
+def trained_rows(data):
+  """row -> (config module, variant tokens, NFEs evaluated) for this data."""
+  return DIGITS_TRAINED if data == 'digits' else TRAINED
+
+
+def make_config(row, data, seed, smoke, num_steps=None, teachers_of=None):
+  """The row's config. On digits `teachers_of` = {'distill': DIR, 'scd': DIR} names the
+  teacher runs (the distilled rows' and sCD's)."""
+  module, tokens, _ = trained_rows(data)[row]
+  variant = ','.join([tokens] + ([] if data == 'digits' else [data]) +
+                     (['smoke'] if smoke else []))
   c = module.get_config(variant)
+  if data == 'digits' and teachers_of and (module is distill_digits or row == 'scd'):
+    c.teacher.workdir = teachers_of['scd' if row == 'scd' else 'distill']
   c.seed = seed
   c.train.eval_every = 0
   c.train.ckpt_every = 0
@@ -200,7 +247,8 @@ def probe_step_time(config, seconds, sync_every):
   return float(np.median(chunks[1:]))
 
 
-def train_run(row, data, seed, smoke, workdir, budget_s, steps, sync_every, probe_s):
+def train_run(row, data, seed, smoke, workdir, budget_s, steps, sync_every, probe_s,
+              teachers_of=None):
   """Trains one run (or reads back a finished one): returns its few_step.json dict."""
   marker = os.path.join(workdir, MARKER)
   if os.path.exists(marker):
@@ -214,10 +262,11 @@ def train_run(row, data, seed, smoke, workdir, budget_s, steps, sync_every, prob
   if steps:
     num_steps = steps
   else:
-    probe = probe_step_time(make_config(row, data, seed, smoke), probe_s, sync_every)
+    probe = probe_step_time(make_config(row, data, seed, smoke, teachers_of=teachers_of),
+                            probe_s, sync_every)
     probe_ms = probe * 1e3
     num_steps = max(1, int(budget_s / probe))
-  config = make_config(row, data, seed, smoke, num_steps)
+  config = make_config(row, data, seed, smoke, num_steps, teachers_of)
   exp = build_experiment(config, load_run=run_lib.load_run)
   state = exp.init_state()
   step, compile_s = _compile(exp, state, exp.global_batch(0))
@@ -256,6 +305,19 @@ def score(x, mixture, ref, bandwidth):
               mmd2=float(distances.mmd2_unbiased(x, ref, bandwidth)))
 
 
+def score_digits(x, ref, cache_dir, key):
+  """fd / precision / recall / class TV of digits samples against the reference, on the
+  features of the digits classifier (cached under cache_dir), as `gensuite eval`."""
+  out = metrics_lib.evaluate(DIGITS_METRICS, key, np.asarray(x, np.float32), ref,
+                             log_prob=None, workdir=cache_dir)
+  return {k: float(out[k]) for k in DIGITS_METRICS}
+
+
+def teacher_nfe(sampler) -> int:
+  """Network calls of a deterministic EDM sampler of `steps` levels (Heun: 2 steps - 1)."""
+  return 2 * int(sampler.steps) - 1 if sampler.name == 'heun' else int(sampler.steps)
+
+
 def summarize(rows):
   """[dict] -> {key: (mean, std)} (std over runs, ddof 0)."""
   keys = rows[0].keys()
@@ -274,33 +336,42 @@ def fmt_cell(key, mean, std):
     return f'{mean:.0f} +- {std:.0f}'
   if key == 'train_s':
     return f'{mean:.1f} +- {std:.1f}'
-  if key == 'nll':
+  if key in ('nll',):
     return f'{mean:.3f} +- {std:.3f}'
+  if key == 'fd_digits':
+    return f'{mean:.2f} +- {std:.2f}'
   return f'{mean:.3f} +- {std:.3f}'
 
 
 COLUMNS = (('on_mode', 'on_mode'), ('mode_mass_tv', 'mode_mass_tv'),
            ('modes_covered', 'modes_covered'), ('nll', 'nll'), ('mmd2', 'MMD^2'),
            ('train_steps', 'train steps'), ('train_s', 'train s'))
+DIGITS_COLUMNS = (('fd_digits', 'fd_digits'), ('precision_digits', 'precision'),
+                  ('recall_digits', 'recall'), ('class_tv_digits', 'class TV'),
+                  ('train_steps', 'train steps'), ('train_s', 'train s'))
+# (metric, better) for the spread lines below the table.
+SPREAD_KEYS = (('on_mode', max), ('mode_mass_tv', min))
+DIGITS_SPREAD_KEYS = (('fd_digits', min), ('class_tv_digits', min))
 
 
-def table_lines(results):
-  lines = ['| row | NFE | ' + ' | '.join(c[1] for c in COLUMNS) + ' |',
-           '|---|---|' + '---|' * len(COLUMNS)]
+def table_lines(results, columns=COLUMNS):
+  lines = ['| row | NFE | ' + ' | '.join(c[1] for c in columns) + ' |',
+           '|---|---|' + '---|' * len(columns)]
   for (row, nfe), stats in results.items():
-    cells = [fmt_cell(k, *stats.get(k, (None, None))) for k, _ in COLUMNS]
+    cells = [fmt_cell(k, *stats.get(k, (None, None))) for k, _ in columns]
     lines.append(f'| {LABELS[row]} | {nfe if nfe else "-"} | ' + ' | '.join(cells) + ' |')
   return lines
 
 
-def spread_lines(results):
-  """For on_mode (higher is better) and mode_mass_tv (lower): the best trained row and
-  which rows differ from it by more than the sum of their stds."""
-  trained = {k: v for k, v in results.items() if k[0] in TRAINED}
+def spread_lines(results, keys=SPREAD_KEYS, trained_names=TRAINED):
+  """For each (metric, better) of `keys` (toy: on_mode, higher is better, and
+  mode_mass_tv, lower): the best trained row and which rows differ from it by more
+  than the sum of their stds."""
+  trained = {k: v for k, v in results.items() if k[0] in trained_names}
   lines = []
   if not trained:
     return lines
-  for key, better in (('on_mode', max), ('mode_mass_tv', min)):
+  for key, better in keys:
     best = better(trained, key=lambda k: trained[k][key][0])
     bm, bs = trained[best][key]
     beyond, within = [], []
@@ -327,7 +398,8 @@ def main():
                  help='train exactly this many steps instead of a wall-time budget')
   p.add_argument('--num', type=int, default=4000, help='evaluation samples')
   p.add_argument('--rows', default=','.join(DEFAULT_ROWS),
-                 help='rows to run, comma-separated; allowed: ' + ', '.join(ROWS))
+                 help='rows to run, comma-separated; allowed on the toys: ' + ', '.join(ROWS) +
+                      '; on digits: ' + ', '.join(DIGITS_ROWS))
   p.add_argument('--smoke', action='store_true', help="append ',smoke' to every variant")
   p.add_argument('--params', default='ema', choices=('ema', 'raw'),
                  help='sample with the EMA params (the configs\' ema_decays) or the raw ones')
@@ -337,6 +409,12 @@ def main():
   p.add_argument('--probe_s', type=float, default=0.0,
                  help='seconds of the step-time probe (default: 5%% of the budget, 2 .. 30)')
   p.add_argument('--workdir', default='/tmp/few_step')
+  p.add_argument('--teacher', default='',
+                 help='digits: the diffusion run the distilled rows start from and distil '
+                      '(the teacher row samples it with its own sampler)')
+  p.add_argument('--scd_teacher', default='',
+                 help='digits: the diffusion run sCD distils (one with net.time_scale 10, '
+                      'configs/flow_maps/digits.py); default --teacher')
   p.add_argument('--out', default='', help='also write the table to this markdown file')
   p.add_argument('--train_only', default='',
                  help='comma-separated seeds: train these seeds of each trained row, print '
@@ -345,10 +423,24 @@ def main():
   args = p.parse_args()
   if args.seeds < 1 or (args.steps <= 0 and args.budget_s <= 0):
     p.error('need --seeds >= 1 and a positive --budget_s or --steps')
+  digits = args.data == 'digits'
+  allowed = DIGITS_ROWS if digits else ROWS
+  if not args.rows:
+    p.error(f'--rows is empty; allowed for --data={args.data}: {", ".join(allowed)}')
   rows = [r for r in args.rows.split(',') if r]
-  unknown = sorted(set(rows) - set(ROWS))
+  if digits and args.rows == ','.join(DEFAULT_ROWS):
+    rows = list(DIGITS_DEFAULT_ROWS)
+  unknown = [r for r in rows if r not in allowed]
   if unknown:
-    p.error(f'unknown rows {unknown}; allowed: {", ".join(ROWS)}')
+    p.error(f'unknown rows {unknown} for --data={args.data}; allowed: {", ".join(allowed)}')
+  teachers_of = None
+  if digits:
+    for name in ('teacher',) + (('scd_teacher',) if args.scd_teacher else ()):
+      path = getattr(args, name)
+      if not path or not os.path.isfile(os.path.join(path, 'config.json')):
+        p.error(f'--data=digits needs --{name}=DIR, a trained diffusion run (a directory '
+                f'with config.json), got {path!r}')
+    teachers_of = {'distill': args.teacher, 'scd': args.scd_teacher or args.teacher}
   probe_s = args.probe_s or min(max(0.05 * args.budget_s, 2.0), 30.0)
   try:
     train_only = [int(v) for v in args.train_only.split(',') if v.strip()]
@@ -359,52 +451,68 @@ def main():
   tag = f'steps{args.steps}' if args.steps else f'budget{args.budget_s:g}s'
   root = os.path.join(args.workdir, args.data + ('_smoke' if args.smoke else ''), tag)
   os.makedirs(root, exist_ok=True)
+  trained_names = trained_rows(args.data)
 
-  base = make_config('meanflow', args.data, 0, args.smoke)
-  mixture = toy.get(base.data.name, **config_lib.to_dict(base.data).get('params', {}))
-  eval_key = jax.random.PRNGKey(args.eval_seed)
-  ref = np.asarray(mixture.sample(jax.random.fold_in(eval_key, 10**6), args.num))
-  bandwidth = distances.median_bandwidth(ref)
-  use_ema = args.params == 'ema'
+  def run_row_seed(row, seed):
+    return train_run(row, args.data, seed, args.smoke, os.path.join(root, row, f'seed{seed}'),
+                     args.budget_s, args.steps, args.sync_every, probe_s, teachers_of)
 
   if train_only:
-    for row in (r for r in rows if r in TRAINED):
+    for row in (r for r in rows if r in trained_names):
       for seed in train_only:
-        info = train_run(row, args.data, seed, args.smoke, os.path.join(root, row, f'seed{seed}'),
-                         args.budget_s, args.steps, args.sync_every, probe_s)
+        info = run_row_seed(row, seed)
         print(f'  {row} seed {seed}: {info["train_steps"]} steps in {info["train_s"]:.1f} s',
               flush=True)
     return
 
+  eval_key = jax.random.PRNGKey(args.eval_seed)
+  use_ema = args.params == 'ema'
   results = {}
-  if 'data' in rows:
-    runs = [score(mixture.sample(jax.random.fold_in(eval_key, s), args.num), mixture, ref,
-                  bandwidth) for s in range(args.seeds)]
-    results[('data', 0)] = summarize(runs)
-  if 'teacher' in rows:
-    teacher = teachers.AnalyticTeacher(mixture)
-    heun = jax.jit(lambda k: teacher.sample(jax.random.normal(k, (args.num, mixture.dim)),
-                                            80.0, 18))
-    runs = []
-    for s in range(args.seeds):
-      x, nfe = heun(jax.random.fold_in(eval_key, s))
-      runs.append(score(x, mixture, ref, bandwidth))
-    results[('teacher', int(nfe))] = summarize(runs)
+  if digits:
+    # The reference: --num digits drawn without replacement (all 1797 when --num is
+    # larger), as `gensuite eval` draws them; metrics' classifier cached under root.
+    base = make_config('dmd', 'digits', 0, args.smoke)
+    source = data_lib.build(base.data, seed=0, global_batch_size=16)
+    ref = source.reference(jax.random.fold_in(eval_key, 10**6), args.num)
+    score_fn = lambda x, s: score_digits(x, ref, root, jax.random.fold_in(eval_key, 7))
+    if 'teacher' in rows:
+      teacher = run_lib.load_run(args.teacher)
+      runs = [score_fn(teacher.sample(jax.random.fold_in(eval_key, s), args.num), s)
+              for s in range(args.seeds)]
+      results[('teacher_run', teacher_nfe(teacher.config.sampler))] = summarize(runs)
+  else:
+    base = make_config('meanflow', args.data, 0, args.smoke)
+    mixture = toy.get(base.data.name, **config_lib.to_dict(base.data).get('params', {}))
+    ref = np.asarray(mixture.sample(jax.random.fold_in(eval_key, 10**6), args.num))
+    bandwidth = distances.median_bandwidth(ref)
+    score_fn = lambda x, s: score(x, mixture, ref, bandwidth)
+    if 'data' in rows:
+      runs = [score_fn(mixture.sample(jax.random.fold_in(eval_key, s), args.num), s)
+              for s in range(args.seeds)]
+      results[('data', 0)] = summarize(runs)
+    if 'teacher' in rows:
+      teacher = teachers.AnalyticTeacher(mixture)
+      heun = jax.jit(lambda k: teacher.sample(jax.random.normal(k, (args.num, mixture.dim)),
+                                              80.0, 18))
+      runs = []
+      for s in range(args.seeds):
+        x, nfe = heun(jax.random.fold_in(eval_key, s))
+        runs.append(score_fn(x, s))
+      results[('teacher', int(nfe))] = summarize(runs)
   for row in rows:
-    if row not in TRAINED:
+    if row not in trained_names:
       continue
-    per_nfe = {nfe: [] for nfe in TRAINED[row][2]}
+    per_nfe = {nfe: [] for nfe in trained_names[row][2]}
     for seed in range(args.seeds):
       workdir = os.path.join(root, row, f'seed{seed}')
-      info = train_run(row, args.data, seed, args.smoke, workdir, args.budget_s, args.steps,
-                       args.sync_every, probe_s)
+      info = run_row_seed(row, seed)
       print(f'  {row} seed {seed}: {info["train_steps"]} steps in {info["train_s"]:.1f} s '
             f'(compile {info["compile_s"]:.1f} s, planned {info["planned_steps"]}, '
             f'final loss {info["final_loss"]:.4g})', flush=True)
       run = run_lib.load_run(workdir)
       for nfe in per_nfe:
         x = run.sample(eval_key, args.num, steps=nfe, use_ema=use_ema)
-        per_nfe[nfe].append({**score(x, mixture, ref, bandwidth),
+        per_nfe[nfe].append({**score_fn(x, seed),
                              'train_steps': float(info['train_steps']),
                              'train_s': float(info['train_s'])})
     for nfe, runs in per_nfe.items():
@@ -420,11 +528,20 @@ def main():
       '',
       f'`PYTHONPATH=. python experiments/few_step.py {" ".join(sys.argv[1:])}`',
       '',
-      'Distilled students are sampled with the steps they were trained for (1, or 4 for '
-      'the 4-step rows). The data and teacher rows are references '
-      '(no training; +- over sample draws).',
+      ('The teacher row is --teacher sampled with its own sampler (a reference: no '
+       'training, +- over sample draws). The distilled rows and sCD start from a '
+       'trained teacher\'s weights; its training is not counted in their time. '
+       'One-step students are sampled with 1 NFE, the flow maps and the 4-step student '
+       'with 1, 2 and 4.' if digits else
+       'Distilled students are sampled with the steps they were trained for (1, or 4 for '
+       'the 4-step rows). The data and teacher rows are references '
+       '(no training; +- over sample draws).'),
       '']
-  lines = header + table_lines(results) + [''] + spread_lines(results)
+  if digits:
+    lines = (header + table_lines(results, DIGITS_COLUMNS) + [''] +
+             spread_lines(results, DIGITS_SPREAD_KEYS, trained_names))
+  else:
+    lines = header + table_lines(results) + [''] + spread_lines(results)
   text = '\n'.join(lines) + '\n'
   print(text, flush=True)
   if args.out:
