@@ -15,7 +15,7 @@ from conftest import losses, run_cli
 from gensuite import data as data_lib
 from gensuite import nets
 from gensuite.errors import ConfigError
-from gensuite.methods import distill, divergences
+from gensuite.methods import distill, divergences, teachers
 from gensuite.methods.base import Method
 from gensuite.metrics import distances
 
@@ -604,6 +604,53 @@ def test_few_step_student_regresses_every_step_from_the_teacher_ode_point():
   assert float(every.regression_loss(None, *args)) > 0.1
   first = np.mean((np.asarray(every.generator(None, x_max, sig[0])) - np.asarray(target))**2)
   assert first < 1e-5  # the 'first' regression is blind to it
+
+
+def test_online_regression_targets_are_the_teacher_ode_from_the_chains_own_inputs():
+  """method.reg_step='online': teachers.pf_ode_from solves the PF-ODE from per-example
+  levels. For N(mu, s^2) data its solution from x at sigma is mu + s (x - mu) /
+  sqrt(s^2 + sigma^2); from sigma_max for all it is pf_ode_sample's own grid. The
+  exact flow map then has zero online loss at every later step, a map right only at
+  sigma_max does not, and the generator loss adds it at the regression's weight."""
+  mu, s = 0.5, 1.0
+  overrides = {'method.reg_weight': 0.5, 'method.gan_weight': 0.0, 'method.gen_steps': 4,
+               'method.online_steps': 64, 'method.online_batch': 32}
+  online = _method('dmd2,multistep,smoke', **_gaussian_data([mu], s), **overrides,
+                   **{'method.reg_step': 'online'})
+  teacher = online.teacher.denoiser
+  sig = np.asarray(online.gen_sigmas, np.float64)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 1)) * 3.0, jnp.float32)
+  start = jnp.asarray(np.repeat(sig[:3], 2), jnp.float32)
+  solved = teachers.pf_ode_from(teacher, x, start, steps=64)
+  exact = mu + s * (np.asarray(x) - mu) / np.hypot(s, np.asarray(start))[:, None]
+  np.testing.assert_allclose(solved, exact, atol=2e-3)
+  same_grid = teachers.pf_ode_from(teacher, x, jnp.full((6,), 80.0), steps=18)
+  np.testing.assert_allclose(same_grid, teachers.pf_ode_sample(teacher, x / 80.0, 80.0)[0],
+                             rtol=1e-5, atol=1e-5)
+
+  def flow_map(p, x, sigma, label=None, at=None):
+    del p, label
+    sigma = jnp.reshape(jnp.asarray(sigma if at is None else at, jnp.float32), (-1, 1))
+    return mu + s * (x - mu) / jnp.sqrt(s**2 + sigma**2)
+
+  online.generator = flow_map
+  assert float(online.online_regression_loss(None, jax.random.PRNGKey(3))) < 1e-5
+  online.generator = lambda p, x, sigma, label=None: flow_map(p, x, sigma, at=sig[0])
+  assert float(online.online_regression_loss(None, jax.random.PRNGKey(3))) > 0.1
+
+  real = _method('dmd2,multistep,smoke', **overrides, **{'method.reg_step': 'online'})
+  data = data_lib.build(real.config.data, seed=0, global_batch_size=16)
+  batch = jax.tree.map(jnp.asarray, data.batch(0))
+  state = jax.jit(real.init)(jax.random.PRNGKey(0), batch)
+  others = {k: v for k, v in state.params.items() if k != 'generator'}
+  loss, (metrics, _) = real.generator_loss(state.params['generator'], others, batch,
+                                           jax.random.PRNGKey(1), state.extra)
+  assert float(metrics['reg_loss_later']) > 0
+  np.testing.assert_allclose(
+      float(loss), float(metrics['dm_loss'] + 0.5 * (metrics['reg_loss'] +
+                                                      metrics['reg_loss_later'])), rtol=1e-5)
+  with pytest.raises(ConfigError, match='method.online_steps must be >= 2'):
+    _method('dmd2,multistep,smoke', **{'method.reg_step': 'online', 'method.online_steps': 1})
 
 
 @pytest.mark.parametrize('flag, message', [

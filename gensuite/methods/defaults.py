@@ -45,7 +45,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         objective='f_distill', divergence='reverse_kl', alpha=0.5, fake_updates=4,
         disc_head='separate', gan_weight=3e-3, disc_weight=1.0, reg_weight=0.0,
         reg_loss='l2', reg_huber_c=0.0, reg_schedule='constant', reg_final=0.0,
-        reg_step='first',
+        reg_step='first', online_steps=8, online_batch=0,
         num_pairs=1024, pair_steps=18, reg_batch=256,
         sigma_min=0.002, sigma_max=80.0,
         rho=7.0, num_levels=1000, t_range=(0.02, 0.98), logit_clamp=10.0,

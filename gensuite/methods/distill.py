@@ -74,7 +74,9 @@ Objectives (method.objective):
              method.reg_schedule='cosine' decays the weight to reg_final x reg_weight
              over train.num_steps; a few-step student regresses its first step's
              output (method.reg_step='first'; 'last': the whole chain; 'every':
-             each step k, from the teacher ODE's point at its level). The other
+             each step k, from the teacher ODE's point at its level; 'online': the
+             first step, and each later step from its own chain's input onto the
+             teacher's ODE solution from there, solved every step). The other
              objectives take the same paired regression when reg_weight > 0
              (default 0 for them).
   dmd2       h = 1, no regression, fake_updates = 5 (two time-scale rule), the GAN
@@ -141,9 +143,16 @@ REG_SCHEDULES = ('constant', 'cosine')
 # consistency anchor for every step, so a later step cannot move mass between modes
 # unopposed (the ODE's map from sigma_k carries p_{sigma_k} to the data law). The same
 # cost as 'first'. On digits (one seed) it did not beat 'first': 4 NFE 4.43 against
-# 4.46 +- 1.36, class TV unchanged (experiments/results/distill_digits.md). With
-# gen_steps = 1 all three agree.
-REG_STEPS = ('first', 'last', 'every')
+# 4.46 +- 1.36, class TV unchanged (experiments/results/distill_digits.md). 'online':
+# the first step as 'first', and besides it every later step k on inputs from the
+# student's own chain (its previous output re-noised to sigma_k, as backward simulation
+# makes them) regresses onto the teacher's ODE solution from that very input
+# (teachers.pf_ode_from, method.online_steps Heun levels from sigma_k, 2 online_steps - 1
+# NFE on method.online_batch chains, default reg_batch); k uniform in 1 .. gen_steps - 1
+# per chain. The ODE carries p_{sigma_k} to the data law and keeps whatever class
+# mass its input has, so a later step is held to moving none. With gen_steps = 1 all
+# four agree.
+REG_STEPS = ('first', 'last', 'every', 'online')
 
 
 def chain_sigmas(levels, gen_steps: int, given=(), name='method.gen_sigmas'):
@@ -244,6 +253,11 @@ class Distill(Method):
     self.num_pairs = int(mc.num_pairs)
     self.pair_steps = int(mc.pair_steps)
     self.reg_batch = int(mc.reg_batch)
+    self.online_steps = int(mc.get('online_steps', 8))
+    self.online_batch = int(mc.get('online_batch', 0)) or self.reg_batch
+    if self.online_steps < 2 or self.online_batch < 1:
+      raise ConfigError(f'method.online_steps must be >= 2 and method.online_batch >= 0 '
+                        f'(0: reg_batch), got {self.online_steps}, {mc.get("online_batch")}')
     # Noise levels.
     self.sigma_min = float(mc.sigma_min)
     self.sigma_max = float(mc.sigma_max)
@@ -642,6 +656,10 @@ class Distill(Method):
       if self.reg_schedule != 'constant':
         metrics['reg_weight'] = weight
       loss = loss + weight * reg
+      if self.reg_step == 'online' and self.gen_steps > 1:
+        later = self.online_regression_loss(gen_params, jax.random.fold_in(k_reg, 1))
+        metrics['reg_loss_later'] = later
+        loss = loss + weight * later
     metrics['generator_loss'] = loss
     return loss, (metrics, running)
 
@@ -657,6 +675,29 @@ class Distill(Method):
     else:
       k = None if self.reg_step == 'last' else 0
       pred = self.generate(gen_params, noise, rng, k=k, per_example=False)
+    return jnp.mean(self.regression_distance(pred, target))
+
+  def online_regression_loss(self, gen_params, rng):
+    """reg_step='online': mean distance of step k's output (k uniform in 1 .. gen_steps -
+    1 per chain) from the point at sigma_k of the student's own chain to the teacher's
+    ODE solution from that point (method.online_steps Heun levels)."""
+    n = self.online_batch
+    k_z, k_k, k_chain, k_lab = jax.random.split(rng, 4)
+    label = self.sample_labels(k_lab, n) if self.conditional else None
+    sig = jnp.asarray(self.gen_sigmas)
+    x = sig[0] * jax.random.normal(k_z, (n,) + self.data_shape, jnp.float32)
+    inputs = []
+    for j in range(self.gen_steps - 1):  # the chain's inputs of steps 1 .. gen_steps - 1
+      x0 = jax.lax.stop_gradient(self.generator(gen_params, x, sig[j], label))
+      x = x0 + sig[j + 1] * jax.random.normal(jax.random.fold_in(k_chain, j), x.shape,
+                                              x.dtype)
+      inputs.append(x)
+    k = jax.random.randint(k_k, (n,), 1, self.gen_steps)
+    x_in = jnp.stack(inputs)[k - 1, jnp.arange(n)]
+    denoiser = lambda x, s: self.teacher.denoiser(x, s, label, self.cfg_scale)
+    target = jax.lax.stop_gradient(teachers.pf_ode_from(
+        denoiser, x_in, sig[k], self.online_steps, self.sigma_min, self.rho))
+    pred = self.generator(gen_params, x_in, sig[k], label)
     return jnp.mean(self.regression_distance(pred, target))
 
   def regression_distance(self, pred, target):

@@ -80,6 +80,34 @@ def pf_ode_sample(denoiser, z: jax.Array, sigma_max: float, sigma_min: float = 0
   return x, nfe, jnp.stack(states)
 
 
+def pf_ode_from(denoiser, x: jax.Array, sigma_start, steps: int = 8,
+                sigma_min: float = 0.002, rho: float = 7.0) -> jax.Array:
+  """EDM's Heun sampler from per-example levels: x [B, ...] at sigma_start [B] to 0.
+
+  Each example takes its own Karras grid of `steps` levels from its sigma_start down to
+  sigma_min, then 0 by Euler (2 steps - 1 NFE, as pf_ode_sample); `denoiser(x, sigma)`
+  takes per-example sigmas [B]. sigma_start must be above sigma_min.
+  """
+  if steps < 2:
+    raise ConfigError(f'pf_ode_from needs steps >= 2 Heun levels, got {steps}')
+  start = jnp.asarray(sigma_start, jnp.float32).reshape(-1)
+  frac = jnp.arange(steps, dtype=jnp.float32) / (steps - 1)
+  hi, lo = start**(1.0 / rho), sigma_min**(1.0 / rho)
+  grid = (hi[None] + frac[:, None] * (lo - hi[None]))**rho  # [steps, B]
+  grid = jnp.concatenate([grid, jnp.zeros_like(grid[:1])])
+  col = lambda s: s.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  def heun(j, x):
+    s, s_next = grid[j], grid[j + 1]
+    d = (x - denoiser(x, s)) / col(s)
+    x_euler = x + col(s_next - s) * d
+    d_next = (x_euler - denoiser(x_euler, s_next)) / col(s_next)
+    return x + col(s_next - s) * 0.5 * (d + d_next)
+
+  x = jax.lax.fori_loop(0, steps - 1, heun, x)
+  return denoiser(x, grid[steps - 1])  # Euler's last step to 0 lands on the denoiser
+
+
 class AnalyticTeacher:
   """The exact denoiser of a Gaussian mixture (toy.GaussianMixture); its components
   are the classes of a class-conditional student."""
