@@ -34,7 +34,9 @@ method.gen_steps = 4 with backward simulation and one fake-score copy per step, 
 with 4 steps; 3 seeds at 2500 steps, 2000 samples: fd_digits 4.46 +- 1.36 at 4 NFE,
 3.43 +- 0.57 at 2, teacher 3.12: its step at sigma 2.5 adds 2.4-3.3 points of 1s in
 every seed where the teacher's ODE from the same inputs adds none, see
-experiments/distill_chain_classes.py; with cond, 6000 steps (COND_MULTISTEP_STEPS),
+experiments/distill_chain_classes.py; --config.method.reg_step=online, which holds each
+later step to the teacher's ODE from its own inputs, gave 3.14 at 4 NFE on seed 1 (the
+default: 5.72), one seed so far; with cond, 6000 steps (COND_MULTISTEP_STEPS),
 3 seeds: 2.88 +- 0.13 at 4 NFE and 2.47 +- 0.39 at 2, teacher 3.01); smoke (tiny, for
 tests; pair it with a smoke teacher).
 
