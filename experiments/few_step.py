@@ -336,7 +336,7 @@ def fmt_cell(key, mean, std):
     return f'{mean:.0f} +- {std:.0f}'
   if key == 'train_s':
     return f'{mean:.1f} +- {std:.1f}'
-  if key in ('nll',):
+  if key == 'nll':
     return f'{mean:.3f} +- {std:.3f}'
   if key == 'fd_digits':
     return f'{mean:.2f} +- {std:.2f}'
@@ -474,10 +474,10 @@ def main():
     base = make_config('dmd', 'digits', 0, args.smoke)
     source = data_lib.build(base.data, seed=0, global_batch_size=16)
     ref = source.reference(jax.random.fold_in(eval_key, 10**6), args.num)
-    score_fn = lambda x, s: score_digits(x, ref, root, jax.random.fold_in(eval_key, 7))
+    score_fn = lambda x: score_digits(x, ref, root, jax.random.fold_in(eval_key, 7))
     if 'teacher' in rows:
       teacher = run_lib.load_run(args.teacher)
-      runs = [score_fn(teacher.sample(jax.random.fold_in(eval_key, s), args.num), s)
+      runs = [score_fn(teacher.sample(jax.random.fold_in(eval_key, s), args.num))
               for s in range(args.seeds)]
       results[('teacher_run', teacher_nfe(teacher.config.sampler))] = summarize(runs)
   else:
@@ -485,9 +485,9 @@ def main():
     mixture = toy.get(base.data.name, **config_lib.to_dict(base.data).get('params', {}))
     ref = np.asarray(mixture.sample(jax.random.fold_in(eval_key, 10**6), args.num))
     bandwidth = distances.median_bandwidth(ref)
-    score_fn = lambda x, s: score(x, mixture, ref, bandwidth)
+    score_fn = lambda x: score(x, mixture, ref, bandwidth)
     if 'data' in rows:
-      runs = [score_fn(mixture.sample(jax.random.fold_in(eval_key, s), args.num), s)
+      runs = [score_fn(mixture.sample(jax.random.fold_in(eval_key, s), args.num))
               for s in range(args.seeds)]
       results[('data', 0)] = summarize(runs)
     if 'teacher' in rows:
@@ -497,7 +497,7 @@ def main():
       runs = []
       for s in range(args.seeds):
         x, nfe = heun(jax.random.fold_in(eval_key, s))
-        runs.append(score_fn(x, s))
+        runs.append(score_fn(x))
       results[('teacher', int(nfe))] = summarize(runs)
   for row in rows:
     if row not in trained_names:
@@ -512,7 +512,7 @@ def main():
       run = run_lib.load_run(workdir)
       for nfe in per_nfe:
         x = run.sample(eval_key, args.num, steps=nfe, use_ema=use_ema)
-        per_nfe[nfe].append({**score_fn(x, seed),
+        per_nfe[nfe].append({**score_fn(x),
                              'train_steps': float(info['train_steps']),
                              'train_s': float(info['train_s'])})
     for nfe, runs in per_nfe.items():
