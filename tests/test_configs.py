@@ -172,6 +172,17 @@ def test_distill_digits_conditional_multistep_student_trains_longer():
                    'cond': 2500, '': 2500, 'cond,multistep,smoke': 4}
 
 
+def test_distill_digits_unconditional_multistep_student_regresses_its_later_steps():
+  """The unconditional few-step student takes reg_step='online' (4 NFE at the teacher
+  over 3 seeds); the conditional one and the one-step students keep 'first'."""
+  reg = {v: _load('configs/distill/digits.py', v).method.reg_step
+         for v in ('multistep', 'dmd2,multistep', 'multistep,smoke', 'cond,multistep', '',
+                   'cond')}
+  assert reg == {'multistep': 'online', 'dmd2,multistep': 'online',
+                 'multistep,smoke': 'online', 'cond,multistep': 'first', '': 'first',
+                 'cond': 'first'}
+
+
 def test_ebm_gmm_patterns():
   c = _load('configs/ebm/gmm.py', 'pcd,dim10,walkers2000')
   assert (c.method.estimator, c.method.num_walkers) == ('pcd', 2000)
