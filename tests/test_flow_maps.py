@@ -134,11 +134,21 @@ def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
     assert np.all(np.abs(g_off) > 20 * se), (g_off, se)
 
 
-@pytest.mark.parametrize('steps', [1, 2, 4])
-def test_meanflow_sampling_with_the_exact_map_is_the_exact_ode_solution(steps):
+@pytest.mark.parametrize('steps,mid_t', [(1, None), (2, None), (4, None), (2, 0.3),
+                                         (4, 0.7)])
+def test_meanflow_sampling_with_the_exact_map_is_the_exact_ode_solution(steps, mid_t):
   """z_r = z_t - (t - r) u on the grid 1 -> 0 with the exact u gives mu + s z for every
-  number of steps (the map composes exactly)."""
+  number of steps (the map composes exactly), on the uniform grid and on the one that
+  config.sampler.mid_t sets (1, mid_t, then linearly to 0)."""
   method, _ = _method('meanflow,smoke')
+  if mid_t is not None:
+    with method.config.unlocked():
+      method.config.sampler.mid_t = mid_t
+    method.check_sampler()
+    np.testing.assert_allclose(method.times(steps),
+                               [1.0] + list(np.linspace(mid_t, 0.0, steps)))
+  else:
+    np.testing.assert_allclose(method.times(steps), np.linspace(1.0, 0.0, steps + 1))
   method.u = lambda params, z, t, r, label=None: _mf_u(z, t, r)
   with jax.enable_x64(True):
     z = jax.random.normal(jax.random.PRNGKey(3), (128, 2), jnp.float64)
@@ -286,6 +296,16 @@ def test_scm_one_and_two_step_samples_of_the_exact_function(sampler_mid_t):
     assert abs(float(jnp.mean(x2)) - mean) < 4 * se, (float(jnp.mean(x2)), mean)
     assert abs(float(jnp.std(x2)) - std) < 4 * se, (float(jnp.std(x2)), std)
     assert abs(mean - MU) < 0.01 and abs(std - S) < 0.01
+
+
+@pytest.mark.parametrize('bad', [0.0, 1.0, -0.3])
+def test_meanflow_sampler_mid_t_out_of_range_is_refused(bad):
+  """MeanFlow's config.sampler.mid_t outside (0, 1): one line naming the range."""
+  method, _ = _method('meanflow,smoke')
+  with method.config.unlocked():
+    method.config.sampler.mid_t = bad
+  with pytest.raises(config_lib.ConfigError, match=r'config.sampler.mid_t must be in \(0, 1\)'):
+    method.check_sampler()
 
 
 @pytest.mark.parametrize('bad', [0.0, -0.3, 1.6])

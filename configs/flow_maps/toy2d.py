@@ -62,7 +62,8 @@ TOY_METHOD = {
 }
 # Shortcut models take a deeper MLP (5 hidden layers against 3): one net for 7 step
 # sizes. 3 seeds, 20000 steps, 1 NFE on_mode 0.924 +- 0.004 -> 0.951 +- 0.004 on
-# unequal8, 0.956 +- 0.004 on wide8 (experiments/results/few_step.md).
+# unequal8, 0.956 +- 0.004 on wide8, 0.958 +- 0.001 on 8gaussians
+# (experiments/results/few_step.md).
 TOY_NET = {'shortcut': dict(depth=5)}
 
 

@@ -292,10 +292,33 @@ class MeanFlow(FlowMap):
     return loss, {'loss': loss, 'mse': jnp.mean(err) / np.prod(self.data_shape),
                   'fraction_r_eq_t': jnp.mean(t == r)}
 
+  def sampling_mid_t(self) -> float | None:
+    """The second step's time (config.sampler.mid_t, in MeanFlow's time: 1 noise, 0
+    data), or None for the uniform grid."""
+    given = self.config.sampler.get('mid_t', None)
+    if given is None:
+      return None
+    if not 0.0 < float(given) < 1.0:
+      raise ConfigError(f'config.sampler.mid_t must be in (0, 1) (MeanFlow time of the '
+                        f'second step; unset: the uniform grid), got {given}')
+    return float(given)
+
+  def check_sampler(self, load_guide: bool = False) -> None:
+    super().check_sampler(load_guide)
+    self.sampling_mid_t()
+
+  def times(self, steps: int) -> np.ndarray:
+    """The steps + 1 grid times from 1 to 0: uniform, or 1, then config.sampler.mid_t
+    and on linearly to 0."""
+    mid = self.sampling_mid_t()
+    if mid is None or steps == 1:
+      return np.linspace(1.0, 0.0, steps + 1)
+    return np.concatenate([[1.0], np.linspace(mid, 0.0, steps)])
+
   def generate(self, params, z, steps, label, rng=None):
-    """z_1 = z; z_r = z_t - (t - r) u(z_t, r, t) on the uniform grid 1 -> 0."""
+    """z_1 = z; z_r = z_t - (t - r) u(z_t, r, t) on the grid 1 -> 0 (times())."""
     del rng
-    ts = jnp.linspace(1.0, 0.0, steps + 1)
+    ts = jnp.asarray(self.times(steps), z.dtype)
     n = z.shape[0]
 
     def body(i, x):
