@@ -67,6 +67,14 @@ def test_flow_map_configs_use_every_flow_map_method():
     assert {_load(path, m).method.name for m in methods.FLOW_MAPS} == set(methods.FLOW_MAPS)
 
 
+def test_flow_maps_digits_meanflow_trains_on_the_plain_squared_error():
+  """The digits MeanFlow recipe (experiments/results/few_step.md): no adaptive weight,
+  with or without labels; sCD and the other methods are untouched by it."""
+  for variant in ('meanflow', 'meanflow,cond', None):
+    assert _load('configs/flow_maps/digits.py', variant).method.adaptive_p == 0.0
+  assert _load('configs/flow_maps/cifar10.py', 'meanflow').method.adaptive_p == 0.75
+
+
 @pytest.mark.parametrize('path', ['configs/flow_maps/digits.py', 'configs/flow_maps/cifar10.py'])
 def test_flow_map_cond_whatever_the_method_token_position(path):
   for method in methods.FLOW_MAPS:
