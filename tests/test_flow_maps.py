@@ -98,6 +98,32 @@ def test_meanflow_exact_average_velocity_is_its_own_target():
       assert float(jnp.sqrt(jnp.mean((wrong - u)**2))) > 0.05
 
 
+def test_meanflow_separate_time_pairing_draws_t_and_r_apart():
+  """time_pairing='separate': logit(t) ~ N(time_mean, time_std^2); r = min(t, r') with
+  logit(r') ~ N(r_time_mean, r_time_std^2) drawn apart, so P(r = t) = P(r' >= t) =
+  Phi((m_r - m_t) / sqrt(s_t^2 + s_r^2)); equal_fraction still sets r = t on its rows."""
+  n = 400_000
+  method, _ = _method('meanflow,smoke', **{
+      'method.time_pairing': 'separate', 'method.time_mean': -0.6, 'method.time_std': 1.6,
+      'method.r_time_mean': -1.0, 'method.r_time_std': 1.2, 'method.equal_fraction': 0.0})
+  t, r = (np.asarray(a, np.float64) for a in method.sample_times(jax.random.PRNGKey(0), n))
+  assert np.all(r <= t)
+  logit_t = np.log(t) - np.log1p(-t)
+  assert abs(logit_t.mean() + 0.6) < 0.01 and abs(logit_t.std() - 1.6) < 0.01
+  p_equal = 0.5 * math.erfc(-(-1.0 + 0.6) / math.sqrt(2 * (1.6**2 + 1.2**2)))
+  assert abs(np.mean(r == t) - p_equal) < 4 * math.sqrt(p_equal * (1 - p_equal) / n)
+  below = r[r < t]
+  logit_r = np.log(below) - np.log1p(-below)
+  assert logit_r.mean() < -1.0  # the cut keeps the low draws
+  method, _ = _method('meanflow,smoke', **{'method.time_pairing': 'separate',
+                                           'method.equal_fraction': 0.5})
+  t, r = method.sample_times(jax.random.PRNGKey(1), 1000)
+  assert np.all(np.asarray(t[:500] == r[:500])) and np.mean(np.asarray(t[500:] == r[500:])) < 0.15
+  with pytest.raises(ConfigError, match="method.time_pairing must be one of sorted, separate, "
+                     "got 'v1'"):
+    _method('meanflow,smoke', **{'method.time_pairing': 'v1'})
+
+
 def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
   """The training loss (conditional tangents e - x, the method's own (t, r) sampler and
   target) has zero expected gradient at the exact solution: u_theta = a (-mu) +

@@ -67,7 +67,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     # Flow maps (gensuite.methods.flow_maps; ALGORITHMS.md §10). MeanFlow: the JAX
     # code's (t, r) sampler and p = 1, c = 0.01; sCM: FastGen's sCT settings.
     'meanflow': dict(
-        time_mean=-0.4, time_std=1.0, equal_fraction=0.75, adaptive_p=1.0, adaptive_c=0.01,
+        time_mean=-0.4, time_std=1.0, time_pairing='sorted', r_time_mean=-4.0, r_time_std=1.6,
+        equal_fraction=0.75, adaptive_p=1.0, adaptive_c=0.01,
         cfg_omega=1.0, cfg_kappa=0.0, cfg_t_range=(0.0, 1.0), class_conditional=False,
         label_dropout=0.0, **FLOW_MAP_COUPLING),
     'scm': dict(

@@ -16,8 +16,11 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             (v, 1, 0) in (z, t, r); the primal u of that same call is what the loss
             trains, so there is no second forward and no second derivative. Loss per
             example L = ||u - u_tgt||^2 (summed over dims), weighted L / sg((L + c)^p).
-            (t, r): both logit-normal(time_mean, time_std), sorted so t >= r, and
-            r = t on the first equal_fraction of the batch. With class labels, the
+            (t, r): both logit-normal(time_mean, time_std), sorted so t >= r
+            (time_pairing='sorted', the paper's), or t logit-normal(time_mean,
+            time_std) and r logit-normal(r_time_mean, r_time_std) drawn apart, r
+            then cut to min(r, t) ('separate', py-meanflow's CIFAR sampler 'v1':
+            most r near 0); either way r = t on the first equal_fraction of the batch. With class labels, the
             training-time guidance v_g = omega v + (1 - omega - kappa) u(z, t, t | null)
             + kappa u(z, t, t | c) on t in cfg_t_range replaces v (effective scale
             omega / (1 - kappa)); sampling then needs no guidance.
@@ -218,6 +221,11 @@ class FlowMap(Method):
 # ---- MeanFlow --------------------------------------------------------------------
 
 
+# How MeanFlow draws (t, r): both from one logit-normal and sorted, or apart (r's own
+# logit-normal, cut to r <= t).
+TIME_PAIRINGS = ('sorted', 'separate')
+
+
 class MeanFlow(FlowMap):
   """MeanFlow (module docstring): average velocity u(z_t, r, t), t = 0 data."""
 
@@ -225,6 +233,11 @@ class MeanFlow(FlowMap):
     super().__init__(config, data_spec, load_run)
     mc = self.mc
     self.time_mean, self.time_std = float(mc.time_mean), float(mc.time_std)
+    self.time_pairing = str(mc.time_pairing)
+    if self.time_pairing not in TIME_PAIRINGS:
+      raise ConfigError(f'method.time_pairing must be one of {", ".join(TIME_PAIRINGS)}, '
+                        f'got {self.time_pairing!r}')
+    self.r_time_mean, self.r_time_std = float(mc.r_time_mean), float(mc.r_time_std)
     self.equal_fraction = float(mc.equal_fraction)
     if not 0.0 <= self.equal_fraction <= 1.0:
       raise ConfigError(f'method.equal_fraction must be in [0, 1], got {self.equal_fraction}')
@@ -247,11 +260,15 @@ class MeanFlow(FlowMap):
     return self.apply(params, z, t, t - r, label, train, rng)
 
   def sample_times(self, rng, n):
-    """(t, r) [n]: logit-normal pairs, t >= r, r = t on the first equal_fraction of
-    the (global) batch's rows."""
-    k = rand.normal(rng, (2, n), batch_axis=1) * self.time_std + self.time_mean
-    a, b = jax.nn.sigmoid(k[0]), jax.nn.sigmoid(k[1])
-    t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+    """(t, r) [n]: logit-normal pairs, t >= r (time_pairing), r = t on the first
+    equal_fraction of the (global) batch's rows."""
+    k = rand.normal(rng, (2, n), batch_axis=1)
+    if self.time_pairing == 'sorted':
+      a, b = jax.nn.sigmoid(k * self.time_std + self.time_mean)
+      t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+    else:
+      t = jax.nn.sigmoid(k[0] * self.time_std + self.time_mean)
+      r = jnp.minimum(t, jax.nn.sigmoid(k[1] * self.r_time_std + self.r_time_mean))
     equal = rand.rows(n) < int(round(self.equal_fraction * rand.total(n)))
     return t, jnp.where(equal, t, r)
 
