@@ -402,7 +402,8 @@ def main():
                       '; on digits: ' + ', '.join(DIGITS_ROWS))
   p.add_argument('--smoke', action='store_true', help="append ',smoke' to every variant")
   p.add_argument('--params', default='ema', choices=('ema', 'raw'),
-                 help='sample with the EMA params (the configs\' ema_decays) or the raw ones')
+                 help='sample with the EMA params (the one each config\'s eval.use_ema '
+                      'names: by default the longest of its ema_decays) or the raw ones')
   p.add_argument('--eval_seed', type=int, default=1234)
   p.add_argument('--sync_every', type=int, default=10,
                  help='steps between block_until_ready and the wall-time check')
@@ -511,7 +512,8 @@ def main():
             f'final loss {info["final_loss"]:.4g})', flush=True)
       run = run_lib.load_run(workdir)
       for nfe in per_nfe:
-        x = run.sample(eval_key, args.num, steps=nfe, use_ema=use_ema)
+        ema = run.config.eval.get('use_ema', True) if use_ema else False  # the run's EMA
+        x = run.sample(eval_key, args.num, steps=nfe, use_ema=ema)
         per_nfe[nfe].append({**score_fn(x),
                              'train_steps': float(info['train_steps']),
                              'train_s': float(info['train_s'])})

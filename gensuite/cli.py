@@ -124,7 +124,8 @@ flags.DEFINE_integer('steps', None, 'sample/eval: same as --config.sampler.steps
 flags.DEFINE_string('out', None, 'sample: output .npz file; bench --suite / --accel: '
                     'markdown file (default: docs/benchmarks.md).')
 flags.DEFINE_integer('seed', 0, 'sample: random seed.')
-flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params.')
+flags.DEFINE_bool('use_ema', True, 'sample/eval: use the EMA params (default: the EMA '
+                  'the run\'s config.eval.use_ema names; True: the longest fixed decay).')
 flags.DEFINE_list('metrics', None, 'eval: metric names (default: config.eval.metrics).')
 flags.DEFINE_string('inception_weights', None, 'eval: FID Inception-v3 weights file '
                     '(.pth/.pt/.npz; sets config.eval.inception_weights).')
@@ -397,8 +398,10 @@ def _sample():
   run = run_lib.load_run(FLAGS.workdir, FLAGS.step)
   config_lib.apply_overrides(run.config, _run_overrides(_SAMPLE_ALIASES), _RUN_SECTIONS)
   run.method.check_sampler(load_guide=True)
-  # --config.eval.use_ema names an EMA (e.g. phema_0.05); --[no]use_ema otherwise.
-  use_ema = run.config.eval.use_ema if 'eval.use_ema' in _CONFIG_OVERRIDES else FLAGS.use_ema
+  # --config.eval.use_ema names an EMA (e.g. phema_0.05), --[no]use_ema picks the default
+  # EMA or the raw params; without either, the EMA the run's eval reads (config.eval.use_ema).
+  from_config = 'eval.use_ema' in _CONFIG_OVERRIDES or not FLAGS['use_ema'].present
+  use_ema = run.config.eval.use_ema if from_config else FLAGS.use_ema
   run.state.eval_params(use_ema)  # an unknown EMA name: one line, before sampling
   x = run.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num, use_ema=use_ema)
   np.savez(FLAGS.out, samples=x, step=run.step)

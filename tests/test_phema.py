@@ -1,7 +1,9 @@
 """Post-hoc EMA (EDM2, ALGORITHMS.md §11.3): power-function EMAs tracked in the train
 state, snapshots on disk, least-squares reconstruction of other profiles, `gensuite
 phema`, and the reconstructions as EMAs that sample/eval/load_run use."""
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -211,6 +213,39 @@ def test_phema_command_writes_an_ema_that_load_run_and_sample_use(reconstructed)
   assert np.max(np.abs(x - run.sample(key, 32, steps=4))) > 1e-4  # not the 0.999 EMA
   config_lib.apply_overrides(run.config, {'eval.use_ema': 'phema_0.07'}, ('eval.',))
   assert run.config.eval.use_ema == 'phema_0.07'  # what `gensuite eval` then samples with
+
+
+def test_a_tracked_std_is_an_ema_by_name_without_reconstruction(trained, tmp_path):
+  """'phema_0.1' with 0.1 among optim.phema_stds is the tracked profile itself at the
+  loaded step (no `gensuite phema` needed); `gensuite sample` without --use_ema draws
+  with the EMA the run's config.eval.use_ema names, as its eval does."""
+  import gensuite  # pylint: disable=g-import-not-at-top
+  run = gensuite.load_run(trained[1])  # never reconstructed
+  assert not any(name.startswith('phema_') for name in run.state.ema)
+  for name in ('phema_0.1', 'phema_0.10', 'phema_0.05'):
+    got = run.state.eval_params(name)
+    want = run.state.phema[phema.std_name(float(name[len('phema_'):]))]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match="no EMA named 'phema_0.2'; it has: 0.999, "
+                     'phema_0.05, phema_0.1'):
+    run.state.eval_params('phema_0.2')
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[1], workdir)
+  path = os.path.join(workdir, 'config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  saved['eval']['use_ema'] = 'phema_0.1'
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  out = str(tmp_path / 'x.npz')
+  run_cli('sample', f'--workdir={workdir}', '--num=32', f'--out={out}', '--steps=4')
+  with np.load(out) as f:
+    cli = f['samples']
+  key = jax.random.PRNGKey(0)
+  np.testing.assert_allclose(cli, run.sample(key, 32, steps=4, use_ema='phema_0.1'),
+                             rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(cli - run.sample(key, 32, steps=4))) > 1e-4  # not the 0.999 EMA
 
 
 def test_a_distillation_teacher_loads_a_reconstructed_ema(reconstructed):

@@ -56,20 +56,38 @@ class TrainState:
 
   def eval_params(self, use_ema: bool | str = True):
     """The params to sample with: by default the fixed-decay EMA with the largest
-    decay; a name picks any EMA ('0.999', 'phema_0.05'); False the raw params."""
+    decay; a name picks any EMA ('0.999', 'phema_0.05'); False the raw params.
+    'phema_<S>' with S one of the tracked stds (optim.phema_stds) is the tracked
+    power-function EMA itself, exact at this state's step (a reconstruction of the
+    same name, possibly of another step, is not read); any other S is a
+    reconstruction by `gensuite phema`."""
     if use_ema is False:
       return self.params
     if isinstance(use_ema, str):
+      tracked = self._tracked_phema(use_ema)
+      if tracked is not None:
+        return tracked
       if use_ema not in self.ema:
         hint = (f"; run `gensuite phema --workdir=DIR --std={use_ema[len('phema_'):]}` "
                 'first' if use_ema.startswith('phema_') else '')
         raise ConfigError(f'this run has no EMA named {use_ema!r}; it has: '
-                          + (', '.join(sorted(self.ema)) or 'none') + hint)
+                          + (', '.join(sorted(set(self.ema) | {phema_lib.PREFIX + s
+                                                           for s in self.phema}))
+                             or 'none') + hint)
       return self.ema[use_ema]
     decays = [name for name in self.ema if not name.startswith(phema_lib.PREFIX)]
     if not decays:
       return self.params
     return self.ema[max(decays, key=float)]
+
+  def _tracked_phema(self, name: str):
+    if not name.startswith(phema_lib.PREFIX) or not self.phema:
+      return None
+    try:
+      std = phema_lib.std_name(float(name[len(phema_lib.PREFIX):]))
+    except ValueError:
+      return None
+    return self.phema.get(std)
 
 
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
