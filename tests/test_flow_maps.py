@@ -608,6 +608,32 @@ def test_eval_reports_the_nfe_it_sampled_with_after_an_override():
   assert method.sample_steps == 2
 
 
+def test_digits_meanflow_evaluates_and_samples_with_its_tracked_power_ema(tmp_path):
+  """configs/flow_maps/digits.py's MeanFlow tracks power-function EMAs of stds 0.05 and
+  0.1 and samples with 0.1's (config.eval.use_ema = 'phema_0.1'): the training-time
+  eval, load_run's default sample and the snapshot on disk are that tracked EMA."""
+  from configs.flow_maps import digits  # pylint: disable=g-import-not-at-top
+  from gensuite import train  # pylint: disable=g-import-not-at-top
+  from gensuite.methods import phema  # pylint: disable=g-import-not-at-top
+  import gensuite  # pylint: disable=g-import-not-at-top
+  config = digits.get_config('smoke')
+  assert config.eval.use_ema == 'phema_0.1' and 0.1 in config.optim.phema_stds
+  assert digits.get_config('scm,smoke').eval.use_ema is True  # MeanFlow's alone
+  workdir = str(tmp_path / 'run')
+  train.run(config, workdir)
+  run = gensuite.load_run(workdir)
+  tracked = run.state.phema['0.1']
+  with np.load(os.path.join(workdir, 'phema', f'{run.step}.npz')) as f:
+    for key, value in phema.flatten(tracked).items():
+      np.testing.assert_array_equal(f[f'0.1/{key}'], value)
+  key = jax.random.PRNGKey(0)
+  x = run.sample(key, 8, steps=2, use_ema=run.config.eval.use_ema)
+  np.testing.assert_array_equal(x, run.method.sample(
+      run.state.replace(ema={'0.999': tracked}), key, 8, steps=2))
+  assert np.max(np.abs(x - run.sample(key, 8, steps=2))) > 1e-6  # not the 0.999 EMA
+  assert any('eval/mmd' in line for line in open(os.path.join(workdir, 'metrics.jsonl')))
+
+
 @pytest.mark.slow  # a smoke EDM run, then its sCD student
 def test_scd_distills_a_diffusion_run(tmp_path):
   """configs/flow_maps/digits.py:scd with a (smoke) EDM digits run as teacher: the
