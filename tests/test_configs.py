@@ -75,6 +75,18 @@ def test_flow_maps_digits_meanflow_trains_on_the_plain_squared_error():
   assert _load('configs/flow_maps/cifar10.py', 'meanflow').method.adaptive_p == 0.75
 
 
+def test_flow_maps_digits_one_step_draws_t_and_r_apart_for_meanflow_only():
+  """The one_step token: py-meanflow's CIFAR (t, r) sampler, for MeanFlow alone."""
+  for variant in ('one_step', 'cond,one_step', 'one_step,meanflow,smoke'):
+    mc = _load('configs/flow_maps/digits.py', variant).method
+    assert (mc.time_pairing, mc.time_mean, mc.time_std, mc.r_time_mean) == (
+        'separate', -0.6, 1.6, -4.0)
+  assert _load('configs/flow_maps/digits.py', None).method.time_pairing == 'sorted'
+  for method in ('scm', 'shortcut'):
+    with pytest.raises(ValueError, match=f"'one_step' .* does not apply to '{method}'"):
+      _load('configs/flow_maps/digits.py', f'{method},one_step')
+
+
 @pytest.mark.parametrize('path', ['configs/flow_maps/digits.py', 'configs/flow_maps/cifar10.py'])
 def test_flow_map_cond_whatever_the_method_token_position(path):
   for method in methods.FLOW_MAPS:

@@ -66,7 +66,7 @@ from configs import common
 from gensuite import config as config_lib
 
 METHODS = ('meanflow', 'scm', 'shortcut')
-TOKENS = METHODS + ('scd', 'cond', 'dit', 'smoke')
+TOKENS = METHODS + ('scd', 'cond', 'dit', 'one_step', 'smoke')
 # 3000 steps of batch 128, as configs/diffusion/digits.py: about 1.5 steps/s on 2 CPU
 # cores (the JVP costs about a second forward and backward), so about 35 minutes.
 NUM_STEPS = 3000
@@ -90,6 +90,11 @@ SCD_TEACHER = 'runs/edm_digits_ts10'  # an EDM digits run with net.time_scale = 
 SCD_SAMPLER = dict(t_start=1.53, mid_t=1.3)
 # MeanFlow's training-time guidance with labels: effective scale 1.0 / (1 - 1/3) = 1.5.
 COND_GUIDANCE = dict(cfg_omega=1.0, cfg_kappa=1.0 / 3.0)
+# The one_step token: MeanFlow's (t, r) drawn apart as py-meanflow's CIFAR-10 'v1'
+# sampler does (t ~ logit-normal(-0.6, 1.6), r ~ logit-normal(-4, 1.6), r cut to <= t),
+# so most pairs jump to near the data.
+ONE_STEP_TIMES = dict(time_pairing='separate', time_mean=-0.6, time_std=1.6,
+                      r_time_mean=-4.0, r_time_std=1.6)
 # MeanFlow samples with a power-function EMA (EDM2) of relative std 0.1, tracked during
 # training beside 0.05 (snapshots every 500 steps let `gensuite phema` rebuild other
 # stds): at step 3000, 2 NFE, it beats the 0.999 EMA in every seed (few_step.md).
@@ -153,16 +158,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.update(name='euler', steps=1)  # the flow map is its own sampler: steps = NFE
   c.eval.update(num_samples=500,
                 metrics=('fd_digits', 'kid_digits', 'precision_digits', 'recall_digits'))
-  conditional = []  # applied after the other tokens, to whichever method they chose
+  conditional, one_step = [], []  # applied after the other tokens, whatever their order
   edits = {
       **{m: _use(m) for m in METHODS},
       'scd': _scd,
       'cond': lambda c: conditional.append(True),
       'dit': _dit,
+      'one_step': lambda c: one_step.append(True),
   }
   c = common.apply_variant(c, arg, edits, 'flow_maps digits', smoke_edit=_smoke)
   if conditional:
     _cond(c)
+  if one_step:
+    if c.method.name != 'meanflow':
+      raise ValueError("flow_maps digits variant 'one_step' sets MeanFlow's (t, r) "
+                       f'sampler; it does not apply to {c.method.name!r} (use it with '
+                       'meanflow)')
+    c.method.update(ONE_STEP_TIMES)
   if c.method.name == 'meanflow':
     c.optim.phema_stds = MEANFLOW_PHEMA_STDS
     c.train.phema_every = MEANFLOW_PHEMA_EVERY
