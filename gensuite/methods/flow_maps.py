@@ -20,9 +20,10 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             (time_pairing='sorted', the paper's), or t logit-normal(time_mean,
             time_std) and r logit-normal(r_time_mean, r_time_std) drawn apart, r
             then cut to min(r, t) ('separate', py-meanflow's CIFAR sampler 'v1':
-            most r near 0); either way r = t on the first equal_fraction of the batch. With class labels, the
-            training-time guidance v_g = omega v + (1 - omega - kappa) u(z, t, t | null)
-            + kappa u(z, t, t | c) on t in cfg_t_range replaces v (effective scale
+            most r near 0); either way r = t on the first equal_fraction of the
+            batch. With class labels, the training-time guidance
+            v_g = omega v + (1 - omega - kappa) u(z, t, t | null) + kappa u(z, t, t | c)
+            on t in cfg_t_range replaces v (effective scale
             omega / (1 - kappa)); sampling then needs no guidance.
   scm       (Lu & Song, arXiv 2410.11081) TrigFlow: t = 0 data, x_t = cos t x + sin t z,
             z ~ N(0, sigma_d^2), f(x_t, t) = cos t x_t - sin t sigma_d F(x_t / sigma_d, t).
