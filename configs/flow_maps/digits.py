@@ -39,33 +39,34 @@ Variant tokens (comma-separated, any order):
   smoke:  a few steps of a tiny U-Net, for tests
 
 The data are the digits as configs/diffusion/digits.py reads them (pixels in [-1, 1]),
-the net its small U-Net with a slower time embedding for all three methods
-(time_scale 10 instead of 1000: MeanFlow's target and sCM's tangent differentiate the
-net in t, and the slower embedding trained much better on the 2-D toys). Each method
-keeps its family defaults (gensuite.methods.defaults) except: MeanFlow trains on the
-plain squared error (adaptive weight power p = 0; the family default is the JAX code's
-ImageNet p = 1, configs/flow_maps/cifar10.py keeps py-meanflow's CIFAR p = 0.75): the
-weight 1 / (L + c)^p bounds each example's pull and so drops the hard ones, which at
-p = 0.75 gave sharper digits of too few kinds (3 seeds, 3000 steps, 2 NFE: fd_digits
-6.32 +- 1.14, precision 0.83, recall 0.91, class TV 0.058) where p = 0 gives 4.41 +-
-0.57 (0.72, 0.93, 0.039; experiments/results/few_step.md), and samples with the
-power-function EMA (EDM2) of relative std 0.1 tracked during training
-(config.optim.phema_stds = (0.05, 0.1), snapshots every 500 steps for `gensuite
-phema`, config.eval.use_ema = 'phema_0.1', which eval, sample and the training-time
-evals read): the same 3 seeds at 2 NFE 3.36 +- 0.28 against 4.41 +- 0.57 with the 0.999
-EMA, lower in every seed, at 4 NFE 2.92 +- 0.26 (1 NFE worse: 56 +- 14 against 48 +-
-11; `--config.eval.use_ema=0.999` samples with the fixed-decay EMA); sCM's sigma_data 0.5 (its
-default; the pixels' std is about 0.8, as EDM on digits keeps it) and a tangent
-warm-up of a tenth of training. The methods are their own samplers:
+the net its small U-Net with a slower time embedding for all three methods (time_scale
+10 instead of 1000: MeanFlow's target and sCM's tangent differentiate the net in t, and
+the slower embedding trained much better on the 2-D toys). Each method keeps its family
+defaults (gensuite.methods.defaults) except: MeanFlow trains on the plain squared error
+(adaptive weight power p = 0; the family default is the JAX code's ImageNet p = 1,
+configs/flow_maps/cifar10.py keeps py-meanflow's CIFAR p = 0.75): the weight 1 / (L +
+c)^p bounds each example's pull and so drops the hard ones, which at p = 0.75 gave
+sharper digits of too few kinds (3 seeds, 3000 steps, 2 NFE: fd_digits 6.32 +- 1.14,
+precision 0.83, recall 0.91, class TV 0.058) where p = 0 gives 4.41 +- 0.57 (0.72, 0.93,
+0.039; experiments/results/few_step.md), and samples with the power-function EMA (EDM2)
+of relative std 0.1 tracked during training (config.optim.phema_stds = (0.05, 0.1),
+snapshots every 500 steps for `gensuite phema`, config.eval.use_ema = 'phema_0.1', which
+eval, sample and the training-time evals read): the same 3 seeds at 2 NFE 3.36 +- 0.28
+against 4.41 +- 0.57 with the 0.999 EMA, lower in every seed, at 4 NFE 2.92 +- 0.26 (1
+NFE worse: 56 +- 14 against 48 +- 11; `--config.eval.use_ema=0.999` samples with the
+fixed-decay EMA), though against the EDM teacher sampled with the same EMA (35 NFE: 2.17
++- 0.08; 3 seeds each on one machine) MeanFlow's 2 NFE is 1.58x (3.43 +- 0.78); sCM's
+sigma_data 0.5 (its default; the pixels' std is about 0.8, as EDM on digits keeps it)
+and a tangent warm-up of a tenth of training. The methods are their own samplers:
 config.sampler.steps is the number of network calls (1; `gensuite eval
 --config.sampler.steps=2` for two; a shortcut model takes powers of two), the name is
 not read; sCM's later steps start at TrigFlow time method.mid_t (1.1, sCM's value),
-which `--config.sampler.mid_t=T` changes on a trained run, and its first at t_max
-unless config.sampler.t_start says otherwise (the scd token sets both). MeanFlow steps
-on the uniform grid from 1 to 0 unless config.sampler.mid_t (in (0, 1), MeanFlow's
-time) sets its second step's time (one p = 0.75 run at step 3000, 2 NFE: fd_digits
-4.72 at the uniform 0.5, 4.74 at 0.4, 5.75 at 0.6). The eval logs fd_digits /
-kid_digits / precision_digits / recall_digits, as the other digits configs do.
+which `--config.sampler.mid_t=T` changes on a trained run, and its first at t_max unless
+config.sampler.t_start says otherwise (the scd token sets both). MeanFlow steps on the
+uniform grid from 1 to 0 unless config.sampler.mid_t (in (0, 1), MeanFlow's time) sets
+its second step's time (one p = 0.75 run at step 3000, 2 NFE: fd_digits 4.72 at the
+uniform 0.5, 4.74 at 0.4, 5.75 at 0.6). The eval logs fd_digits / kid_digits /
+precision_digits / recall_digits, as the other digits configs do.
 """
 import ml_collections
 
