@@ -2,7 +2,8 @@
 
   PYTHONPATH=. python experiments/bench_flow_maps.py                    # toy and digits
   PYTHONPATH=. python experiments/bench_flow_maps.py --sizes=toy --steps=20 --repeats=5 \
-      [--methods=meanflow,scm,shortcut] [--out=experiments/results/bench_flow_maps.md]
+      [--methods=meanflow,scm,shortcut,meanflow_model_tangent] \
+      [--out=experiments/results/bench_flow_maps.md]
 
 For each size every method runs with identical net settings, batch, data and optimizer;
 only config.method differs:
@@ -13,7 +14,8 @@ only config.method differs:
           else configs/flow_matching/digits.py's (the small U-Net, batch 128, 8x8
           digits); method sections from the flow-map file's variants when it has
           them, else the family defaults.
-flow_matching is the reference (gensuite.methods.flow_matching, its defaults: linear
+meanflow_model_tangent is MeanFlow with method.tangent='model' (improved MeanFlow's
+jvp along the net's own velocity, one more forward). flow_matching is the reference (gensuite.methods.flow_matching, its defaults: linear
 path, independent coupling); the flow maps also run with independent coupling (the toy
 config pairs MeanFlow's and shortcut's noise by minibatch OT, whose Sinkhorn would cost
 flow matching the same). The flow-map nets embed a second time (MeanFlow t - r,
@@ -49,6 +51,17 @@ from gensuite import run as run_lib
 from gensuite.experiment import build_experiment
 
 FLOW_MAPS = ('meanflow', 'scm', 'shortcut')
+# Rows that are a flow map with some of its method fields changed.
+VARIANT_ROWS = {'meanflow_model_tangent': ('meanflow', {'tangent': 'model'})}
+ROWS = FLOW_MAPS + tuple(VARIANT_ROWS)
+
+
+def method_section(get_section, row):
+  """The method section of a row: its flow map's, with the row's changes."""
+  base, changes = VARIANT_ROWS.get(row, (row, {}))
+  section = get_section(base).copy_and_resolve_references()
+  section.update(changes)
+  return section
 
 
 def load_module(path):
@@ -65,22 +78,23 @@ def configs_for(size, methods):
     path = 'configs/flow_maps/toy2d.py'
     mod = load_module(path)
     base = mod.get_config()
-    sections = {m: mod.get_config(m).method for m in methods}
+    sections = {m: method_section(lambda b: mod.get_config(b).method, m) for m in methods}
   elif size == 'digits':
     path = 'configs/flow_maps/digits.py'
     if os.path.exists(os.path.join(REPO, path)):
       mod = load_module(path)
       base = mod.get_config()
-      sections = {}
-      for m in methods:
+
+      def section(m):
         try:
-          sections[m] = mod.get_config(m).method
+          return mod.get_config(m).method
         except (ValueError, KeyError):  # no such token: the family defaults
-          sections[m] = common.method(m)
+          return common.method(m)
+      sections = {m: method_section(section, m) for m in methods}
     else:
       path = 'configs/flow_matching/digits.py'
       base = load_module(path).get_config()
-      sections = {m: common.method(m) for m in methods}
+      sections = {m: method_section(common.method, m) for m in methods}
   else:
     raise ValueError(f'unknown size {size!r}; allowed: toy, digits')
   out = {}
@@ -151,9 +165,9 @@ def main():
   p.add_argument('--out', default='', help='also write the tables to this markdown file')
   args = p.parse_args()
   methods = [m for m in args.methods.split(',') if m]
-  bad = sorted(set(methods) - set(FLOW_MAPS))
+  bad = sorted(set(methods) - set(ROWS))
   if bad:
-    p.error(f'unknown methods {bad}; allowed: {", ".join(FLOW_MAPS)}')
+    p.error(f'unknown methods {bad}; allowed: {", ".join(ROWS)}')
   dev = jax.devices()[0]
   lines = [f'Flow-map train step vs flow matching on {dev.platform} ({dev.device_kind}, '
            f'{jax.device_count()} device(s)); {args.repeats} blocks of {args.steps} steps.',

@@ -124,13 +124,16 @@ def test_meanflow_separate_time_pairing_draws_t_and_r_apart():
     _method('meanflow,smoke', **{'method.time_pairing': 'v1'})
 
 
-def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
-  """The training loss (conditional tangents e - x, the method's own (t, r) sampler and
-  target) has zero expected gradient at the exact solution: u_theta = a (-mu) +
-  b coef(t, r) (z - m_t) at (a, b) = (1, 1). Each gradient component is within 4
-  standard errors of 0 over 200k examples, while a perturbed (a, b) has a clearly
-  non-zero gradient."""
-  method, _ = _method('meanflow,smoke')
+@pytest.mark.parametrize('tangent', ['conditional', 'model'])
+def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map(tangent):
+  """The training loss (the method's own (t, r) sampler and target) has zero expected
+  gradient at the exact solution: u_theta = a (-mu) + b coef(t, r) (z - m_t) at
+  (a, b) = (1, 1), whether the jvp moves z along the conditional velocity e - x (the
+  paper's) or along the net's own sg(u_theta(z, t, t)) (tangent='model', improved
+  MeanFlow; at the solution that is the marginal velocity). Each gradient component is
+  within 4 standard errors of 0 over 200k examples, while a perturbed (a, b) has a
+  clearly non-zero gradient."""
+  method, _ = _method('meanflow,smoke', **{'method.tangent': tangent})
   n = 200_000
 
   def per_example_grads(theta, seed):
@@ -147,8 +150,10 @@ def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
       return th[0] * (-MU) + th[1] * lin
 
     def loss_one(th, z, t, r, v):  # one example, through the method's own target
-      u, u_tgt = method.target(lambda z, t, r: u_theta(th, z, t, r), z[None], t[None],
-                               r[None], v[None])
+      fn = lambda z, t, r: u_theta(th, z, t, r)
+      z, t, r, v = z[None], t[None], r[None], v[None]
+      dz = jax.lax.stop_gradient(fn(z, t, t)) if method.tangent == 'model' else v
+      u, u_tgt = method.target(fn, z, t, r, v, dz)
       return jnp.sum((u - u_tgt)**2)
     return jax.vmap(jax.grad(loss_one), (None, 0, 0, 0, 0))(theta, z, t, r, e - x)  # [n, 2]
 
@@ -158,6 +163,36 @@ def test_meanflow_loss_gradient_vanishes_in_expectation_at_the_exact_map():
     assert np.all(np.abs(mean) < 4 * se), (mean, se)
     g_off = jnp.mean(per_example_grads(jnp.array([1.1, 0.9]), 0), 0)
     assert np.all(np.abs(g_off) > 20 * se), (g_off, se)
+
+
+def test_meanflow_model_tangent_is_the_nets_own_velocity_in_the_loss(monkeypatch):
+  """tangent='model': the jvp inside the loss moves z along the net's u(z, t, t) (not
+  e - x), and the tangent only matters where r < t: with r = t on every row
+  (equal_fraction 1) the two tangents give the same loss, bit for bit."""
+  losses_by = {}
+  for tangent in ('conditional', 'model'):
+    for fraction in (0.75, 1.0):
+      method, data = _method('meanflow,smoke', **{'method.tangent': tangent,
+                                                  'method.equal_fraction': fraction})
+      batch = jax.tree.map(jnp.asarray, data.batch(0))
+      state = method.init(jax.random.PRNGKey(0), batch)
+      seen = {}
+      target = method.target
+
+      def spy(fn, z, t, r, v, dz=None, target=target, seen=seen):
+        seen.update(dz=dz, v=v, own=fn(z, t, t))
+        return target(fn, z, t, r, v, dz)
+      monkeypatch.setattr(method, 'target', spy)
+      losses_by[tangent, fraction] = float(method.loss(state.params, batch,
+                                                       jax.random.PRNGKey(3))[0])
+      expected = seen['own'] if tangent == 'model' else seen['v']
+      np.testing.assert_allclose(seen['dz'], expected, rtol=1e-6, atol=1e-6)
+      assert not np.allclose(seen['own'], seen['v'], atol=1e-3)
+  assert losses_by['conditional', 1.0] == losses_by['model', 1.0]
+  assert abs(losses_by['conditional', 0.75] - losses_by['model', 0.75]) > 1e-4
+  with pytest.raises(ConfigError, match="method.tangent must be one of conditional, model, "
+                     "got 'marginal'"):
+    _method('meanflow,smoke', **{'method.tangent': 'marginal'})
 
 
 @pytest.mark.parametrize('steps,mid_t', [(1, None), (2, None), (4, None), (2, 0.3),
@@ -263,6 +298,44 @@ def test_scm_tangent_equals_cos_t_times_the_time_derivative_of_f():
     h = 1e-5
     fd = (f(x + h * dxdt, t + h) - f(x - h * dxdt, t - h)) / (2 * h)
     np.testing.assert_allclose(g, jnp.cos(t)[:, None] * fd, rtol=1e-6, atol=1e-8)
+
+
+def test_scm_time_normalisation_divides_by_the_rms_of_its_time_bin():
+  """tangent_norm='time': the bins have equal mass under the training proposal (each
+  1/K of 400k draws of sample_t, within 4 standard errors), and g is divided by the rms
+  of g over the batch's examples in its bin (plus c): one factor per bin, so examples
+  at one time keep their relative pull, where 'example' divides each by its own rms."""
+  n, bins = 400_000, 8
+  method, _ = _method('scm,smoke', **{'method.tangent_norm': 'time',
+                                      'method.tangent_norm_bins': bins})
+  b = np.asarray(method.time_bin(method.sample_t(jax.random.PRNGKey(0), n)))
+  se = math.sqrt((1 / bins) * (1 - 1 / bins) / n)
+  assert np.all(np.abs(np.bincount(b, minlength=bins) / n - 1 / bins) < 4 * se)
+  sd = method.sigma_d
+  F = lambda xs, t: jnp.tanh(xs * jnp.sin(2 * t)[:, None]) + jnp.cos(t)[:, None] * xs**2
+  per_example = _scm(sd)
+  with jax.enable_x64(True):
+    t = method.sample_t(jax.random.PRNGKey(1), 512).astype(jnp.float64)
+    m_t, big_s = _trig(t, sd)
+    x = m_t[:, None] + big_s[:, None] * jax.random.normal(jax.random.PRNGKey(2), (512, 2),
+                                                          jnp.float64)
+    dxdt = jnp.sin(x) - 0.3
+    _, g_ex, rms = per_example.tangent(F, x, t, dxdt, 1.0)
+    raw = np.asarray(g_ex * (rms + per_example.norm_c)[:, None])
+    _, g_time, rms_time = method.tangent(F, x, t, dxdt, 1.0)
+    np.testing.assert_allclose(rms_time, rms, rtol=1e-12)
+    b = np.asarray(method.time_bin(t))
+    assert len(set(b.tolist())) == bins
+    for k in range(bins):
+      rows = b == k
+      scale = math.sqrt(np.mean(np.asarray(rms)[rows]**2)) + method.norm_c
+      np.testing.assert_allclose(np.asarray(g_time)[rows], raw[rows] / scale, rtol=1e-10)
+      factors = np.asarray(g_ex)[rows, 0] / raw[rows, 0]
+      assert factors.max() / factors.min() > 1.5  # 'example' reweights within the bin
+  with pytest.raises(ConfigError, match="tangent_norm"):
+    _method('scm,smoke', **{'method.tangent_norm': 'batch'})
+  with pytest.raises(ConfigError, match="method.tangent_norm_bins must be >= 1, got 0"):
+    _method('scm,smoke', **{'method.tangent_norm_bins': 0})
 
 
 def test_scm_tangent_vanishes_for_the_exact_consistency_function():

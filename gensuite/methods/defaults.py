@@ -68,12 +68,14 @@ SECTIONS: dict[str, dict[str, Any]] = {
     # code's (t, r) sampler and p = 1, c = 0.01; sCM: FastGen's sCT settings.
     'meanflow': dict(
         time_mean=-0.4, time_std=1.0, time_pairing='sorted', r_time_mean=-4.0, r_time_std=1.6,
+        tangent='conditional',
         equal_fraction=0.75, adaptive_p=1.0, adaptive_c=0.01,
         cfg_omega=1.0, cfg_kappa=0.0, cfg_t_range=(0.0, 1.0), class_conditional=False,
         label_dropout=0.0, **FLOW_MAP_COUPLING),
     'scm': dict(
         training='sct', sigma_data=0.5, p_mean=-1.0, p_std=1.4, tangent_warmup=10000,
-        tangent_norm_c=0.1, prior_weighting='tan', sigma_max=80.0, mid_t=1.1,
+        tangent_norm_c=0.1, tangent_norm='example', tangent_norm_bins=8,
+        prior_weighting='tan', sigma_max=80.0, mid_t=1.1,
         weight_hidden=64, class_conditional=False, label_dropout=0.0,
         teacher_cfg_scale=1.0, init_from_teacher=False, ect_stage_steps=25000,
         **FLOW_MAP_COUPLING),

@@ -14,7 +14,11 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             t - r), so z_r = z_t - (t - r) u. Target u_tgt = sg(v - (t - r) du/dt) with
             the total derivative du/dt = v . d_z u + d_t u from one jax.jvp along
             (v, 1, 0) in (z, t, r); the primal u of that same call is what the loss
-            trains, so there is no second forward and no second derivative. Loss per
+            trains, so there is no second forward and no second derivative. With
+            tangent='model' (improved MeanFlow, Geng et al., arXiv 2512.02012) the
+            jvp's dz is the net's own marginal velocity sg(u(z_t, t, t)) instead of
+            the conditional v = e - x; the regression target keeps v (one more
+            forward, no gradient through it). Loss per
             example L = ||u - u_tgt||^2 (summed over dims), weighted L / sg((L + c)^p).
             (t, r): both logit-normal(time_mean, time_std), sorted so t >= r
             (time_pairing='sorted', the paper's), or t logit-normal(time_mean,
@@ -29,7 +33,9 @@ and config.sampler.name is not read. Each method keeps its paper's time conventi
             z ~ N(0, sigma_d^2), f(x_t, t) = cos t x_t - sin t sigma_d F(x_t / sigma_d, t).
             Continuous-time consistency: with F- the net at sg(params),
             g = -cos^2 t (sigma_d F- - dx/dt) - w (cos t sin t x_t + sigma_d cos t sin t dF-/dt)
-            (one jax.jvp, no gradient), normalised g / (rms(g) + c), warm-up
+            (one jax.jvp, no gradient), normalised g / (rms(g) + c) (tangent_norm
+            'example', sCM's; 'time': rms over the batch's examples in g's bin of
+            tangent_norm_bins equal-mass bins of the t proposal), warm-up
             w = min(1, step / tangent_warmup), and the loss
             lambda(t) e^{-l(t)} mean((F - F- - g)^2) + l(t) with l a learned function of t
             (adaptive weighting) and lambda = 1 / (sigma_d tan t) ('tan') or 1.
@@ -225,6 +231,12 @@ class FlowMap(Method):
 # How MeanFlow draws (t, r): both from one logit-normal and sorted, or apart (r's own
 # logit-normal, cut to r <= t).
 TIME_PAIRINGS = ('sorted', 'separate')
+# What MeanFlow's jvp moves z along: the conditional velocity e - x (the paper's) or
+# the net's own marginal velocity u(z_t, t, t) (improved MeanFlow).
+MEANFLOW_TANGENTS = ('conditional', 'model')
+# What sCM divides its tangent g by (plus tangent_norm_c): each example's own rms(g)
+# (sCM's), or the rms over the batch's examples in g's time bin (SCM.tangent_scale).
+SCM_TANGENT_NORMS = ('example', 'time')
 
 
 class MeanFlow(FlowMap):
@@ -239,6 +251,10 @@ class MeanFlow(FlowMap):
       raise ConfigError(f'method.time_pairing must be one of {", ".join(TIME_PAIRINGS)}, '
                         f'got {self.time_pairing!r}')
     self.r_time_mean, self.r_time_std = float(mc.r_time_mean), float(mc.r_time_std)
+    self.tangent = str(mc.tangent)
+    if self.tangent not in MEANFLOW_TANGENTS:
+      raise ConfigError(f'method.tangent must be one of {", ".join(MEANFLOW_TANGENTS)}, '
+                        f'got {self.tangent!r}')
     self.equal_fraction = float(mc.equal_fraction)
     if not 0.0 <= self.equal_fraction <= 1.0:
       raise ConfigError(f'method.equal_fraction must be in [0, 1], got {self.equal_fraction}')
@@ -286,10 +302,11 @@ class MeanFlow(FlowMap):
     use = (net_label != self.spec.num_classes) & (t >= lo) & (t <= hi)
     return jnp.where(_bcast(use, v), v_g, v)
 
-  def target(self, fn, z, t, r, v):
+  def target(self, fn, z, t, r, v, dz=None):
     """(u, u_tgt): fn(z, t, r) and sg(v - clip(t - r, 0, 1) du/dt), du/dt along
-    (dz, dt, dr) = (v, 1, 0) from the same call (jax.jvp)."""
-    u, dudt = jax.jvp(fn, (z, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r)))
+    (dz, dt, dr) = (dz, 1, 0) from the same call (jax.jvp); dz defaults to v."""
+    dz = v if dz is None else dz
+    u, dudt = jax.jvp(fn, (z, t, r), (dz, jnp.ones_like(t), jnp.zeros_like(r)))
     return u, sg(v - _bcast(jnp.clip(t - r, 0.0, 1.0), v) * dudt)
 
   def loss(self, params, batch, rng, state=None):
@@ -303,7 +320,8 @@ class MeanFlow(FlowMap):
     z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
     v = self.guided_velocity(params['net'], z, t, e - x, label, net_label)
     fn = lambda z_, t_, r_: self.u(params['net'], z_, t_, r_, net_label, True, k_net)
-    u, u_tgt = self.target(fn, z, t, r, v)
+    dz = sg(fn(z, t, t)) if self.tangent == 'model' else v
+    u, u_tgt = self.target(fn, z, t, r, v, dz)
     err = _sum_dims((u - u_tgt)**2)
     weight = sg(1.0 / (err + self.c)**self.p) if self.p > 0 else 1.0
     loss = jnp.mean(weight * err)
@@ -376,6 +394,10 @@ class SCM(FlowMap):
     self.p_mean, self.p_std = float(mc.p_mean), float(mc.p_std)
     self.warmup = int(mc.tangent_warmup)
     self.norm_c = float(mc.tangent_norm_c)
+    self.norm_kind = choice(mc, 'tangent_norm', SCM_TANGENT_NORMS)
+    self.norm_bins = int(mc.tangent_norm_bins)
+    if self.norm_bins < 1:
+      raise ConfigError(f'method.tangent_norm_bins must be >= 1, got {self.norm_bins}')
     self.prior = choice(mc, 'prior_weighting', ('tan', 'none'))
     self.t_max = math.atan(float(mc.sigma_max) / self.sigma_d)
     self.mid_t = float(mc.mid_t)
@@ -444,6 +466,25 @@ class SCM(FlowMap):
     d = sg(self.teacher.denoiser(x_t / jnp.cos(tb), sigma, **kw))
     return (jnp.cos(tb) * x_t - d) / jnp.sin(tb)
 
+  def time_bin(self, t):
+    """The bin [B] of each time among tangent_norm_bins of equal mass under the training
+    proposal: floor(K Phi((log(sigma_d tan t) - p_mean) / p_std))."""
+    zscore = (jnp.log(self.sigma_d * jnp.tan(t)) - self.p_mean) / self.p_std
+    u = 0.5 * jax.lax.erfc(-zscore / math.sqrt(2.0))
+    return jnp.clip(jnp.floor(u * self.norm_bins), 0, self.norm_bins - 1).astype(jnp.int32)
+
+  def tangent_scale(self, rms, t):
+    """What g is divided by, less c: its own rms per example (tangent_norm='example',
+    sCM's), or the rms of g over the batch's examples in the same time bin ('time'): a
+    function of t alone, so it rescales the loss over time without reweighting the
+    examples at one time against each other."""
+    if self.norm_kind == 'example':
+      return rms
+    b = self.time_bin(t)
+    total = jax.ops.segment_sum(rms**2, b, self.norm_bins)
+    count = jax.ops.segment_sum(jnp.ones_like(rms), b, self.norm_bins)
+    return jnp.sqrt(total / jnp.maximum(count, 1.0))[b]
+
   def tangent(self, fn, x_t, t, dxdt, w):
     """(F-, g): the net at sg(params) and the normalised tangent (module docstring)."""
     tb = _bcast(t, x_t)
@@ -453,7 +494,8 @@ class SCM(FlowMap):
     g = (-jnp.cos(tb)**2 * (self.sigma_d * f_minus - dxdt)
          - w * (_bcast(cs, x_t) * x_t + self.sigma_d * csdf))
     rms = jnp.sqrt(_mean_dims(g**2))
-    return sg(f_minus), sg(g / _bcast(rms + self.norm_c, g)), rms
+    scale = self.tangent_scale(rms, t)
+    return sg(f_minus), sg(g / _bcast(scale + self.norm_c, g)), rms
 
   def ect_r(self, sigma, step):
     """ECT's r(sigma) at stage step // ect_stage_steps (EDM sigma units)."""
