@@ -76,12 +76,14 @@ def test_flow_maps_digits_meanflow_trains_on_the_plain_squared_error():
 
 
 def test_flow_maps_digits_one_step_draws_t_and_r_apart_for_meanflow_only():
-  """The one_step token: py-meanflow's CIFAR (t, r) sampler, for MeanFlow alone."""
+  """The one_step token: py-meanflow's CIFAR (t, r) sampler and the model tangent, for
+  MeanFlow alone."""
   for variant in ('one_step', 'cond,one_step', 'one_step,meanflow,smoke'):
     mc = _load('configs/flow_maps/digits.py', variant).method
-    assert (mc.time_pairing, mc.time_mean, mc.time_std, mc.r_time_mean) == (
-        'separate', -0.6, 1.6, -4.0)
-  assert _load('configs/flow_maps/digits.py', None).method.time_pairing == 'sorted'
+    assert (mc.time_pairing, mc.time_mean, mc.time_std, mc.r_time_mean, mc.tangent) == (
+        'separate', -0.6, 1.6, -4.0, 'model')
+  default = _load('configs/flow_maps/digits.py', None).method
+  assert (default.time_pairing, default.tangent) == ('sorted', 'conditional')
   for method in ('scm', 'shortcut'):
     with pytest.raises(ValueError, match=f"'one_step' .* does not apply to '{method}'"):
       _load('configs/flow_maps/digits.py', f'{method},one_step')
