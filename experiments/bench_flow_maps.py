@@ -15,10 +15,10 @@ only config.method differs:
           digits); method sections from the flow-map file's variants when it has
           them, else the family defaults.
 meanflow_model_tangent is MeanFlow with method.tangent='model' (improved MeanFlow's
-jvp along the net's own velocity, one more forward). flow_matching is the reference (gensuite.methods.flow_matching, its defaults: linear
-path, independent coupling); the flow maps also run with independent coupling (the toy
-config pairs MeanFlow's and shortcut's noise by minibatch OT, whose Sinkhorn would cost
-flow matching the same). The flow-map nets embed a second time (MeanFlow t - r,
+jvp along the net's own velocity, one more forward). flow_matching is the reference
+(gensuite.methods.flow_matching, its defaults: linear path, independent coupling); the
+flow maps also run with independent coupling (the toy config pairs MeanFlow's and
+shortcut's noise by minibatch OT, whose Sinkhorn would cost flow matching the same). The flow-map nets embed a second time (MeanFlow t - r,
 shortcut's step size; sCM has none), which is part of their cost.
 
 What is timed is the jitted train step the training loop runs (Experiment.bare_step:
